@@ -1,0 +1,1 @@
+"""Evaluators: zero-shot, retrieval, linear probe, effective robustness."""

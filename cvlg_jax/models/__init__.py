@@ -1,0 +1,1 @@
+"""Two-tower image-text models and their registry."""
