@@ -1,0 +1,76 @@
+"""What every evaluator gets, and the registry that builds them from config.
+
+An evaluator is built once per run from its ``config.eval.<name>`` entry and an
+:class:`EvalContext`, then ``run(params)`` is called every eval period; it
+returns flat ``{metric_name: float}`` that the caller prefixes with the entry
+name. Keeping the model behind two encode functions means evaluators never see
+meshes, shardings or Flax modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from cvlg_jax.data.tokenizers import Tokenizer
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """encode_* take any batch size (padding/sharding is handled inside) and
+  return float32 L2-normalised numpy embeddings [B, d]. Images are float32
+  [B, image_size, image_size, 3], CLIP-normalised (see data.transforms)."""
+  encode_images: Callable[[Params, np.ndarray], np.ndarray]
+  encode_texts: Callable[[Params, np.ndarray], np.ndarray]
+  tokenizer: Tokenizer
+  image_size: int
+  batch_size: int = 256
+
+
+class Evaluator(Protocol):
+
+  def run(self, params: Params) -> dict[str, float]:
+    ...
+
+
+_REGISTRY: dict[str, Callable[..., Evaluator]] = {}
+
+
+def register(name: str):
+  """Decorator: ``@register("zeroshot") def make(cfg, ctx) -> Evaluator``."""
+  def deco(factory):
+    if name in _REGISTRY:
+      raise ValueError(f"evaluator type {name!r} registered twice")
+    _REGISTRY[name] = factory
+    return factory
+  return deco
+
+
+def registered_types() -> tuple[str, ...]:
+  _import_builtin_evaluators()
+  return tuple(sorted(_REGISTRY))
+
+
+def build(cfg, ctx: EvalContext) -> Evaluator:
+  _import_builtin_evaluators()
+  kind = cfg.type
+  if kind not in _REGISTRY:
+    raise ValueError(f"eval type {kind!r} is unknown; allowed: "
+                     f"{', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[kind](cfg, ctx)
+
+
+def _import_builtin_evaluators():
+  # Imported for their @register side effect; lazily, so that importing the
+  # registry does not pull in TFDS.
+  import importlib
+  for mod in ("synthetic", "zeroshot", "retrieval", "linear_probe"):
+    try:
+      importlib.import_module(f"cvlg_jax.evaluation.{mod}")
+    except ModuleNotFoundError as e:
+      if e.name != f"cvlg_jax.evaluation.{mod}":
+        raise
