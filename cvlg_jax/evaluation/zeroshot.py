@@ -1,0 +1,79 @@
+"""Zero-shot classification: class embeddings from prompts, top-k accuracy."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+Template = Union[str, Callable[[str], str]]
+
+
+def _l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+  norm = np.linalg.norm(x, axis=axis, keepdims=True)
+  return x / np.maximum(norm, 1e-12)
+
+
+def fill_template(template: Template, classname: str) -> str:
+  """Templates are ``"a photo of a {}."`` strings or ``str -> str`` callables."""
+  if callable(template):
+    return template(classname)
+  if "{}" not in template:
+    raise ValueError(f"prompt template {template!r} has no '{{}}' placeholder")
+  return template.replace("{}", classname)
+
+
+def class_text_embeddings(encode_texts, params, tokenizer,
+                          classnames: Sequence[str],
+                          templates: Sequence[Template],
+                          batch_size: int) -> np.ndarray:
+  """float32 [num_classes, d]: per class, the renormalised mean over templates
+  of the normalised prompt embeddings (CLIP's prompt ensembling)."""
+  if not classnames:
+    raise ValueError("classnames is empty")
+  if not templates:
+    raise ValueError("templates is empty")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  prompts = [fill_template(t, c) for c in classnames for t in templates]
+  chunks = []
+  for start in range(0, len(prompts), batch_size):
+    tokens = tokenizer(prompts[start:start + batch_size])
+    chunks.append(np.asarray(encode_texts(params, tokens), np.float32))
+  emb = _l2_normalize(np.concatenate(chunks, axis=0))
+  emb = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)
+  return _l2_normalize(emb).astype(np.float32)
+
+
+def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray,
+                      labels: np.ndarray,
+                      topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+  """``{"top{k}": fraction}``: label among the k highest-scoring classes.
+
+  Ties count against the model (a wrong class tied with the true one ranks
+  ahead of it), matching the retrieval metrics, so constant embeddings score
+  0 rather than whatever argsort happens to return.
+  """
+  image_emb = np.asarray(image_emb, np.float32)
+  class_emb = np.asarray(class_emb, np.float32)
+  labels = np.asarray(labels)
+  if image_emb.ndim != 2 or class_emb.ndim != 2:
+    raise ValueError(f"embeddings must be 2-D, got {image_emb.shape} and "
+                     f"{class_emb.shape}")
+  if image_emb.shape[1] != class_emb.shape[1]:
+    raise ValueError(f"embedding dims differ: images {image_emb.shape[1]}, "
+                     f"classes {class_emb.shape[1]}")
+  if labels.shape != (image_emb.shape[0],):
+    raise ValueError(f"labels must be [{image_emb.shape[0]}], got {labels.shape}")
+  if image_emb.shape[0] == 0:
+    raise ValueError("no images to score")
+  if not (np.all(np.isfinite(image_emb)) and np.all(np.isfinite(class_emb))):
+    raise ValueError("embeddings contain NaN or inf")
+  num_classes = class_emb.shape[0]
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels must lie in [0, {num_classes}), got range "
+                     f"[{labels.min()}, {labels.max()}]")
+  logits = image_emb @ class_emb.T
+  true_score = logits[np.arange(len(labels)), labels]
+  ahead = (logits >= true_score[:, None]).sum(axis=1) - 1  # excludes itself
+  return {f"top{k}": float(np.mean(ahead < k)) for k in topk}
