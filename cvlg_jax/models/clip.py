@@ -1,0 +1,52 @@
+"""Two-tower CLIP model: image tower, text tower, projections, logit scale."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+MAX_LOGIT_SCALE = 100.0
+INIT_LOGIT_SCALE = math.log(1 / 0.07)
+
+
+def l2_normalize(x, eps=1e-6):
+  x = x.astype(jnp.float32)
+  return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class CLIP(nn.Module):
+  """``(images, tokens) -> (image_emb, text_emb, logit_scale)``.
+
+  Either input may be None (its output is then None), so evaluators encode one
+  modality at a time with the same ``apply``. Embeddings are float32 and
+  L2-normalised; ``logit_scale = min(exp(t), 100)`` with ``t`` learned.
+  """
+  image_tower: nn.Module
+  text_tower: nn.Module
+  embed_dim: int
+  project_image: bool = True
+
+  def setup(self):
+    self.image_proj = (nn.Dense(self.embed_dim, use_bias=False, name="image_proj")
+                       if self.project_image else None)
+    self.text_proj = nn.Dense(self.embed_dim, use_bias=False, name="text_proj")
+    self.logit_scale_log = self.param(
+        "logit_scale", nn.initializers.constant(INIT_LOGIT_SCALE), ())
+
+  def encode_image(self, images):
+    x = self.image_tower(images)
+    if self.image_proj is not None:
+      x = self.image_proj(x)
+    return l2_normalize(x)
+
+  def encode_text(self, tokens):
+    return l2_normalize(self.text_proj(self.text_tower(tokens)))
+
+  def __call__(self, images: Any = None, tokens: Any = None):
+    image_emb = None if images is None else self.encode_image(images)
+    text_emb = None if tokens is None else self.encode_text(tokens)
+    scale = jnp.minimum(jnp.exp(self.logit_scale_log), MAX_LOGIT_SCALE)
+    return image_emb, text_emb, scale

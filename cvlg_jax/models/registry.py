@@ -1,0 +1,69 @@
+"""Named model sizes, so configs say ``model.name="vit_b32"`` and nothing else.
+
+A model is an image tower + a text tower + the shared embedding size. Tower
+sizes follow the CLIP paper (Radford et al. 2021, Tables 19-20).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from cvlg_jax.models.clip import CLIP
+from cvlg_jax.models.text import TextTransformer
+from cvlg_jax.models.vit import VisionTransformer
+
+VISION_TOWERS = {
+    "vit_tiny": dict(kind="vit", patch_size=8, width=64, depth=2, heads=2, pool="gap"),
+    "vit_small_demo": dict(kind="vit", patch_size=8, width=128, depth=4, heads=4, pool="gap"),
+    "vit_s16": dict(kind="vit", patch_size=16, width=384, depth=12, heads=6),
+    "vit_b32": dict(kind="vit", patch_size=32, width=768, depth=12, heads=12),
+    "vit_b16": dict(kind="vit", patch_size=16, width=768, depth=12, heads=12),
+    "vit_l14": dict(kind="vit", patch_size=14, width=1024, depth=24, heads=16),
+    "rn50": dict(kind="resnet", layers=(3, 4, 6, 3), width=64, heads=32),
+    "rn_tiny": dict(kind="resnet", layers=(1, 1, 1, 1), width=16, heads=2),
+}
+
+TEXT_TOWERS = {
+    "text_tiny": dict(width=64, depth=2, heads=2),
+    "text_small_demo": dict(width=128, depth=2, heads=4),
+    "text_base": dict(width=512, depth=12, heads=8),   # CLIP ViT-B and RN50
+    "text_large": dict(width=768, depth=12, heads=12),  # CLIP ViT-L/14
+}
+
+MODELS = {
+    "tiny": dict(image="vit_tiny", text="text_tiny", embed_dim=64),
+    "demo": dict(image="vit_small_demo", text="text_small_demo", embed_dim=128),
+    "rn_tiny": dict(image="rn_tiny", text="text_tiny", embed_dim=64),
+    "vit_s16": dict(image="vit_s16", text="text_base", embed_dim=512),
+    "vit_b32": dict(image="vit_b32", text="text_base", embed_dim=512),
+    "vit_b16": dict(image="vit_b16", text="text_base", embed_dim=512),
+    "vit_l14": dict(image="vit_l14", text="text_large", embed_dim=768),
+    "rn50": dict(image="rn50", text="text_base", embed_dim=1024),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
+                remat: bool = False) -> CLIP:
+  """CLIP two-tower model for a registered size. Params are always float32;
+  ``dtype`` is the compute dtype of the towers."""
+  if name not in MODELS:
+    raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"model.dtype={dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
+  spec, cdtype = MODELS[name], DTYPES[dtype]
+  image_cfg = dict(VISION_TOWERS[spec["image"]])
+  kind = image_cfg.pop("kind")
+  if kind == "vit":
+    image_tower = VisionTransformer(**image_cfg, remat=remat, dtype=cdtype)
+    project_image = True
+  else:
+    from cvlg_jax.models.resnet import ModifiedResNet
+    # The attention pool already projects to the embedding size, as in CLIP.
+    image_tower = ModifiedResNet(**image_cfg, output_dim=spec["embed_dim"],
+                                 norm="group", remat=remat, dtype=cdtype)
+    project_image = False
+  text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
+                               remat=remat, dtype=cdtype)
+  return CLIP(image_tower, text_tower, spec["embed_dim"], project_image)
