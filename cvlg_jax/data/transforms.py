@@ -33,3 +33,94 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def eval_preprocess(image: np.ndarray, size: int) -> np.ndarray:
   """uint8 HWC RGB of any size -> float32 [size, size, 3] normalised."""
   return normalize(resize_center_crop(image, size))
+
+
+# ---------------------------------------------------------------- training ---
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Any PIL mode -> RGB, compositing transparency onto white.
+
+  Dropping alpha instead (``convert("RGB")``) turns the transparent parts of
+  logos and product shots, common in web data, into arbitrary colours.
+  """
+  mode = image.mode
+  if mode == "RGB":
+    return image
+  if mode == "P" and "transparency" in image.info:
+    image, mode = image.convert("RGBA"), "RGBA"
+  if mode in _ALPHA_MODES:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+  if mode.startswith("I") or mode == "F":  # 16/32-bit grey: rescale, not clip.
+    a = np.asarray(image, np.float64)
+    peak = 65535.0 if mode.startswith("I;16") else max(float(a.max(initial=0)), 255.0)
+    a = np.clip(a * (255.0 / peak), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(a, "L").convert("RGB")
+  return image.convert("RGB")
+
+
+def sample_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                    ) -> tuple[int, int, int, int]:
+  """Inception-style random crop ``(top, left, h, w)``.
+
+  Area fraction ~ U(scale), log aspect ratio ~ U(log ratio); ten tries, then a
+  centre crop with the ratio clamped into range (the torchvision recipe, so
+  results are comparable with CLIP/open_clip training).
+  """
+  if not (0 < scale[0] <= scale[1] <= 1):
+    raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {scale}")
+  if not (0 < ratio[0] <= ratio[1]):
+    raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {ratio}")
+  area = height * width
+  log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = np.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(np.sqrt(target * aspect)))
+    h = int(round(np.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    h, w = height, width
+  h, w = max(1, min(h, height)), max(1, min(w, width))
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_resize(image: Image.Image, box: tuple[float, float, float, float],
+                size: int) -> np.ndarray:
+  """Crops ``box`` = (top, left, h, w) and resizes it to size x size (bicubic).
+
+  One PIL call with ``box=`` so only the crop is resampled; the box may be
+  fractional (after a JPEG draft-mode downscale).
+  """
+  top, left, h, w = box
+  out = image.resize((size, size), Image.BICUBIC,
+                     box=(left, top, left + w, top + h))
+  return np.asarray(out, np.uint8)
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+  """uint8 HWC RGB array -> random crop resized to [size, size, 3]."""
+  image = np.asarray(image, np.uint8)
+  box = sample_crop_box(image.shape[0], image.shape[1], rng, scale, ratio)
+  return crop_resize(Image.fromarray(image), box, size)
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Horizontal flip with probability 1/2 (always draws, keeping RNG streams aligned)."""
+  return np.ascontiguousarray(image[:, ::-1]) if rng.random() < 0.5 else image
