@@ -1,0 +1,181 @@
+"""The config schema (every knob and its default) and its validation.
+
+Every config file starts from :func:`base_config` and overrides values; it
+may not add keys. :func:`validate` runs before anything is compiled and turns
+each mistake into one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+LOSSES = ("clip", "psd")
+PSD_TEACHERS = ("self", "ema")
+PSD_SUBSETS = ("random", "all")
+RAMP_UNITS = ("step", "epoch")
+DATA_SOURCES = ("synthetic", "arrayrecord", "tfds")
+
+
+class ConfigError(ValueError):
+  """A config mistake, reported before JAX compiles anything."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = dict(name="tiny", dtype="float32", remat=False)
+
+  c.data = dict(
+      source="synthetic",
+      tokenizer="builtin",       # builtin | clip_bpe | sentencepiece
+      tokenizer_path="",         # merges file / SentencePiece model
+      vocab_size=4096,           # builtin tokenizer only
+      context_length=32,
+      image_size=32,
+      num_train=20_000,          # synthetic: size of one epoch
+      caption_noise=0.0,         # synthetic: fraction of noisy captions
+      data_dir="",               # arrayrecord / tfds
+      tfds_name="", tfds_split="train",
+      worker_count=0,            # Grain worker processes (0 = in-process)
+      prefetch_buffer_size=2,
+  )
+
+  c.loss = dict(
+      name="psd",
+      chunk_size=0,
+      psd=dict(
+          alpha_final=0.5,
+          ramp_steps=-1,          # -1: all training steps
+          ramp_unit="step",       # step | epoch
+          subset="random",        # random | all
+          subset_fraction=0.5,
+          teacher_temperature=1.0,
+          teacher="self",         # self | ema
+          ema_decay=0.999,
+      ),
+  )
+
+  c.optim = dict(
+      learning_rate=5e-4, warmup_steps=100, min_lr_ratio=0.0,
+      weight_decay=0.2, b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
+  )
+
+  c.mesh = dict(data=-1, fsdp=1)
+
+  c.train = dict(
+      steps=1000, batch_size=256, seed=0,
+      log_every=50, eval_every=250, checkpoint_every=250,
+      keep_checkpoints=3,
+  )
+
+  # name -> evaluator entry; each has at least `type` (see evaluation.common).
+  c.eval = ml_collections.ConfigDict()
+  return c
+
+
+def _check_keys(config, schema, prefix=""):
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if path == "eval" or path.startswith("eval."):
+      continue  # evaluator entries are free-form; checked by their builders
+    if key not in schema:
+      allowed = ", ".join(sorted(schema.keys()))
+      raise ConfigError(f"config.{path}: unknown key; allowed here: {allowed}")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{path}: must be a group, got {value!r}")
+      _check_keys(value, default, path + ".")
+    elif default is not None and value is not None:
+      ok = isinstance(value, type(default)) or (
+          isinstance(default, float) and isinstance(value, int)
+          and not isinstance(value, bool))
+      if not ok:
+        raise ConfigError(f"config.{path}: expected {type(default).__name__}, "
+                          f"got {type(value).__name__} {value!r}")
+
+
+def _choice(value, allowed, path):
+  if value not in allowed:
+    raise ConfigError(f"config.{path}={value!r} is not allowed; "
+                      f"allowed: {', '.join(map(str, allowed))}")
+
+
+def _in_range(value, lo, hi, path):
+  if not lo <= value <= hi:
+    raise ConfigError(f"config.{path}={value} must be in [{lo}, {hi}]")
+
+
+def _positive(config, *paths):
+  for path in paths:
+    group, key = path.rsplit(".", 1)
+    if config[group][key] <= 0:
+      raise ConfigError(f"config.{path}={config[group][key]} must be > 0")
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises :class:`ConfigError` with one clear line for the first problem."""
+  from cvlg_jax import sharding
+  from cvlg_jax.data.tokenizers import TOKENIZER_NAMES
+  from cvlg_jax.models.registry import DTYPES, MODELS
+
+  _check_keys(config, base_config())
+  _choice(config.model.name, tuple(MODELS), "model.name")
+  _choice(config.model.dtype, tuple(DTYPES), "model.dtype")
+  _choice(config.loss.name, LOSSES, "loss.name")
+  psd = config.loss.psd
+  _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")
+  _in_range(psd.subset_fraction, 0.0, 1.0, "loss.psd.subset_fraction")
+  _in_range(psd.ema_decay, 0.0, 1.0, "loss.psd.ema_decay")
+  _choice(psd.teacher, PSD_TEACHERS, "loss.psd.teacher")
+  _choice(psd.subset, PSD_SUBSETS, "loss.psd.subset")
+  _choice(psd.ramp_unit, RAMP_UNITS, "loss.psd.ramp_unit")
+  if psd.teacher_temperature <= 0:
+    raise ConfigError(f"config.loss.psd.teacher_temperature="
+                      f"{psd.teacher_temperature} must be > 0")
+  if psd.ramp_steps == 0 or psd.ramp_steps < -1:
+    raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
+                      "> 0, or -1 for all training steps")
+  if config.loss.chunk_size < 0:
+    raise ConfigError(f"config.loss.chunk_size={config.loss.chunk_size} must be "
+                      ">= 0 (0 = unchunked)")
+
+  data = config.data
+  _choice(data.source, DATA_SOURCES, "data.source")
+  _choice(data.tokenizer, TOKENIZER_NAMES, "data.tokenizer")
+  if data.tokenizer != "builtin" and not os.path.exists(data.tokenizer_path):
+    raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
+                      f"not exist (needed by data.tokenizer={data.tokenizer!r})")
+  if data.source == "arrayrecord" and not os.path.isdir(data.data_dir):
+    raise ConfigError(f"config.data.data_dir={data.data_dir!r} is not a "
+                      "directory of ArrayRecord shards")
+  if data.source == "tfds" and not data.tfds_name:
+    raise ConfigError("config.data.tfds_name must be set for data.source='tfds'")
+  _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
+  _positive(config, "data.image_size", "data.context_length", "data.num_train",
+            "train.steps", "train.batch_size", "train.log_every",
+            "train.eval_every", "train.checkpoint_every",
+            "train.keep_checkpoints", "optim.learning_rate")
+  if data.worker_count < 0:
+    raise ConfigError(f"config.data.worker_count={data.worker_count} must be >= 0")
+  if config.optim.warmup_steps < 0:
+    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} "
+                      "must be >= 0")
+
+  if num_devices is not None:
+    try:
+      shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
+    except ValueError as e:
+      raise ConfigError(f"config.{e}") from None
+    batch_devices = shape[0] * shape[1]
+    if config.train.batch_size % batch_devices:
+      raise ConfigError(
+          f"config.train.batch_size={config.train.batch_size} is not divisible "
+          f"by the {batch_devices} devices the batch is split over "
+          f"(mesh data={shape[0]} x fsdp={shape[1]})")
+
+  for name, entry in config.eval.items():
+    if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
+      raise ConfigError(f"config.eval.{name} must be a group with a 'type' key")

@@ -1,0 +1,54 @@
+"""Entry point: ``python -m cvlg_jax.main --config=configs/demo.py --workdir=DIR``.
+
+``--config=file.py:arg`` passes ``arg`` to the file's ``get_config``;
+``--config.train.steps=100`` overrides any value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and "
+                               "TensorBoard logs go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_library_logs():
+  """Orbax and Grain log every save/restore detail at INFO; keep WARNING+."""
+  def keep(record):
+    noisy = ("/orbax/" in record.pathname or "/grain/" in record.pathname
+             or "/clu/" in record.pathname)
+    return record.levelno >= logging.WARNING or not noisy
+  logging.get_absl_handler().addFilter(keep)
+
+
+def main(argv):
+  del argv
+  _quiet_library_logs()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  try:  # TensorFlow (clu, TFDS) must never grab the accelerators JAX uses.
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+  except Exception:  # pylint: disable=broad-except
+    pass
+  import jax
+  from cvlg_jax import config as config_lib, train
+  if os.environ.get("CVLG_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+  try:
+    config_lib.validate(_CONFIG.value, num_devices=jax.device_count())
+  except config_lib.ConfigError as e:
+    logging.error("Invalid config: %s", e)
+    print(f"Invalid config: {e}", file=sys.stderr)
+    sys.exit(2)
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,64 @@
+"""Where metrics go: ``WORKDIR/metrics.jsonl`` plus clu's writers (TensorBoard).
+
+The JSONL file is the machine-readable record (sweep reports and plots read
+it). On resume from step k, entries after k are dropped first: those steps
+are about to be re-run, and their new values replace the old ones instead of
+appearing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+def _jsonable(v):
+  v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/inf; keep the information readable
+  return v
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          break  # a line torn by a kill: everything after it is suspect
+  return rows
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step, and mirrors it to clu."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, writer=None):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.writer = writer
+    kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      for r in kept:
+        f.write(json.dumps(r) + "\n")
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {"step": int(step), **{k: _jsonable(v) for k, v in sorted(metrics.items())}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+      f.flush()
+    if self.writer is not None:
+      self.writer.write_scalars(int(step), {k: float(np.asarray(v)) for k, v in
+                                            metrics.items() if np.ndim(v) == 0})
+
+  def flush(self):
+    if self.writer is not None:
+      self.writer.flush()

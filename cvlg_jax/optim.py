@@ -1,0 +1,36 @@
+"""AdamW with linear warmup + cosine decay, decoupled weight decay on weight
+matrices only, and optional global-norm clipping — CLIP's recipe in optax."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def decay_mask(params):
+  """True for tensors that get weight decay: matrices and embeddings (ndim >= 2).
+
+  Biases, LayerNorm/GroupNorm scales (ndim 1) and the logit scale (ndim 0) are
+  left alone, as in CLIP and open_clip: decaying them only hurts.
+  """
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+  warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim_cfg.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=optim_cfg.learning_rate * optim_cfg.min_lr_ratio)
+
+
+def make_optimizer(optim_cfg, total_steps: int):
+  """(optax transformation, learning-rate schedule)."""
+  schedule = learning_rate_schedule(optim_cfg, total_steps)
+  parts = []
+  if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
+                           eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay,
+                           mask=decay_mask))
+  return optax.chain(*parts), schedule

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs into a fresh virtualenv (.venv) and runs the test suite on 8 fake
+# CPU devices, so every sharding code path is exercised without accelerators.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements-test.txt -e .
+export XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu \
+       TF_CPP_MIN_LOG_LEVEL=3
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
