@@ -25,7 +25,8 @@ def _quiet_library_logs():
     noisy = ("/orbax/" in record.pathname or "/grain/" in record.pathname
              or "/clu/" in record.pathname)
     return record.levelno >= logging.WARNING or not noisy
-  logging.get_absl_handler().addFilter(keep)
+  # ABSLHandler.handle bypasses its own filters; filter where records land.
+  logging.get_absl_handler().python_handler.addFilter(keep)
 
 
 def main(argv):
