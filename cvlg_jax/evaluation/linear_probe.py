@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cvlg_jax.evaluation.common import register
+
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -139,3 +141,56 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray,
                                     max_iters=max_iters)
   return {"top1": float(np.mean(predict(test_x) == test_y)),
           "val_top1": val_acc[best], "l2": grid[best]}
+
+
+class LinearProbeEvaluator:
+  """``config.eval.<name> = dict(type="linear_probe", dataset=...,
+  split=None, train_split=None, data_dir=None, max_examples=None,
+  max_train_examples=None, l2_grid=DEFAULT_L2_GRID, val_fraction=0.2,
+  seed=0, max_iters=500)``. Features are the context's normalised image
+  embeddings (the only view of the model evaluators get), so numbers sit a
+  little below probes on pre-projection features."""
+
+  KEYS = ("dataset", "split", "train_split", "data_dir", "max_examples",
+          "max_train_examples", "l2_grid", "val_fraction", "seed", "max_iters")
+
+  def __init__(self, cfg, ctx):
+    from cvlg_jax.evaluation import datasets
+    datasets.check_config(cfg, self.KEYS, "linear_probe")
+    self._ctx, self._cfg = ctx, cfg
+    seed = cfg.get("seed", 0)
+    self._train = datasets.open_classification(
+        cfg.dataset, cfg.get("train_split"), cfg.get("data_dir"), train=True)
+    self._test = datasets.open_classification(
+        cfg.dataset, cfg.get("split"), cfg.get("data_dir"))
+    self._train_idx = datasets.sample_indices(
+        len(self._train.source), cfg.get("max_train_examples"), seed)
+    self._test_idx = datasets.sample_indices(
+        len(self._test.source), cfg.get("max_examples"), seed)
+
+  def _features(self, params, data, indices):
+    from cvlg_jax.evaluation import datasets
+    emb, labels = datasets.embed_source(
+        self._ctx.encode_images, params, data.source, indices,
+        batch_size=self._ctx.batch_size, image_size=self._ctx.image_size)
+    labels = np.asarray(labels)
+    return emb[labels >= 0], labels[labels >= 0]
+
+  def run(self, params) -> dict[str, float]:
+    cfg = self._cfg
+    train_x, train_y = self._features(params, self._train, self._train_idx)
+    test_x, test_y = self._features(params, self._test, self._test_idx)
+    metrics = linear_probe(
+        train_x, train_y, test_x, test_y,
+        num_classes=len(self._train.classnames),
+        l2_grid=tuple(cfg.get("l2_grid", DEFAULT_L2_GRID)),
+        val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0),
+        max_iters=cfg.get("max_iters", 500))
+    metrics["num_train"] = float(len(train_y))
+    metrics["num_test"] = float(len(test_y))
+    return metrics
+
+
+@register("linear_probe")
+def make_linear_probe(cfg, ctx) -> LinearProbeEvaluator:
+  return LinearProbeEvaluator(cfg, ctx)

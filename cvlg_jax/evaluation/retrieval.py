@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvlg_jax.evaluation.common import register
+
 RECALL_KS = (1, 5, 10)
 _ROW_CHUNK = 1024  # bounds the temporary boolean masks to chunk x num_texts
 
@@ -89,3 +91,54 @@ def retrieval_metrics(similarity: np.ndarray,
     out[f"{name}_mean_rank"] = float(np.mean(ranks))
     out[f"{name}_median_rank"] = float(np.median(ranks))
   return out
+
+
+class RetrievalEvaluator:
+  """``config.eval.<name> = dict(type="retrieval", dataset="coco" |
+  "flickr30k", split=None, data_dir=None, max_examples=None,
+  captions_per_image=5)``. ``max_examples`` caps images (seeded sample);
+  each image keeps its first ``captions_per_image`` captions (5 is the usual
+  COCO 5k / Flickr30k 1k protocol; 0 keeps all)."""
+
+  KEYS = ("dataset", "split", "data_dir", "max_examples", "captions_per_image",
+          "seed")
+
+  def __init__(self, cfg, ctx):
+    from cvlg_jax.evaluation import datasets
+    datasets.check_config(cfg, self.KEYS, "retrieval")
+    self._ctx = ctx
+    self._name = cfg.dataset
+    self._captions_per_image = int(cfg.get("captions_per_image", 5))
+    self._source = datasets.open_retrieval(cfg.dataset, cfg.get("split"),
+                                           cfg.get("data_dir"))
+    self._indices = datasets.sample_indices(
+        len(self._source), cfg.get("max_examples"), cfg.get("seed", 0))
+
+  def run(self, params) -> dict[str, float]:
+    from cvlg_jax.evaluation import datasets
+    ctx = self._ctx
+    image_emb, caption_lists = datasets.embed_source(
+        ctx.encode_images, params, self._source, self._indices,
+        batch_size=ctx.batch_size, image_size=ctx.image_size)
+    texts, text_to_image = [], []
+    for i, captions in enumerate(caption_lists):
+      if self._captions_per_image > 0:
+        captions = list(captions)[: self._captions_per_image]
+      if not captions:
+        raise ValueError(f"{self._name}: image {int(self._indices[i])} has no "
+                         "caption")
+      texts += captions
+      text_to_image += [i] * len(captions)
+    text_emb = np.concatenate([
+        np.asarray(ctx.encode_texts(params, ctx.tokenizer(texts[s:s + ctx.batch_size])),
+                   np.float32)
+        for s in range(0, len(texts), ctx.batch_size)])
+    metrics = retrieval_metrics(image_emb @ text_emb.T, np.asarray(text_to_image))
+    metrics["num_images"] = float(len(caption_lists))
+    metrics["num_texts"] = float(len(texts))
+    return metrics
+
+
+@register("retrieval")
+def make_retrieval(cfg, ctx) -> RetrievalEvaluator:
+  return RetrievalEvaluator(cfg, ctx)

@@ -6,6 +6,8 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
+from cvlg_jax.evaluation.common import register
+
 Template = Union[str, Callable[[str], str]]
 
 
@@ -77,3 +79,45 @@ def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray,
   true_score = logits[np.arange(len(labels)), labels]
   ahead = (logits >= true_score[:, None]).sum(axis=1) - 1  # excludes itself
   return {f"top{k}": float(np.mean(ahead < k)) for k in topk}
+
+
+class ZeroShotEvaluator:
+  """``config.eval.<name> = dict(type="zeroshot", dataset=..., split=None,
+  data_dir=None, max_examples=None)``; the data set is opened (and checked to
+  exist) when the evaluator is built, so a missing download fails before
+  training starts, not at the first eval."""
+
+  KEYS = ("dataset", "split", "data_dir", "max_examples", "seed")
+
+  def __init__(self, cfg, ctx):
+    from cvlg_jax.evaluation import datasets
+    datasets.check_config(cfg, self.KEYS, "zeroshot")
+    self._ctx = ctx
+    self._data = datasets.open_classification(
+        cfg.dataset, cfg.get("split"), cfg.get("data_dir"))
+    self._indices = datasets.sample_indices(
+        len(self._data.source), cfg.get("max_examples"), cfg.get("seed", 0))
+
+  def run(self, params) -> dict[str, float]:
+    from cvlg_jax.evaluation import datasets
+    ctx, data = self._ctx, self._data
+    class_emb = class_text_embeddings(ctx.encode_texts, params, ctx.tokenizer,
+                                      data.classnames, data.templates,
+                                      ctx.batch_size)
+    image_emb, labels = datasets.embed_source(
+        ctx.encode_images, params, data.source, self._indices,
+        batch_size=ctx.batch_size, image_size=ctx.image_size)
+    labels = np.asarray(labels)
+    keep = labels >= 0  # ImageNet-R/A: classes outside the 200 are not scored
+    if not keep.any():
+      raise ValueError(f"{data.name}: none of the sampled examples belongs to "
+                       "an evaluated class")
+    topk = (1, 5) if len(data.classnames) > 5 else (1,)
+    metrics = zeroshot_accuracy(image_emb[keep], class_emb, labels[keep], topk)
+    metrics["num_examples"] = float(keep.sum())
+    return metrics
+
+
+@register("zeroshot")
+def make_zeroshot(cfg, ctx) -> ZeroShotEvaluator:
+  return ZeroShotEvaluator(cfg, ctx)

@@ -1,0 +1,447 @@
+"""Evaluation data: a registry of zero-shot / probe / retrieval sets and their sources.
+
+Every source is a random-access sequence of ``(uint8 HWC RGB image, target)``
+pairs -- target is an int class index for classification, a list of captions
+for retrieval -- so evaluators can subsample deterministically and batch
+without caring whether the data comes from ``tfds.data_source`` (array_record
+files prepared with ``tfds build NAME --file_format=array_record``), a folder of
+class sub-folders, or a dataset release read in place (FGVC Aircraft,
+ObjectNet, Flickr30k). Nothing here downloads: missing files raise
+:class:`DatasetUnavailable` saying what to fetch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from PIL import Image
+
+from cvlg_jax.data.transforms import eval_preprocess
+from cvlg_jax.evaluation.classnames import fine_grained
+from cvlg_jax.evaluation.classnames import imagenet
+from cvlg_jax.evaluation.classnames import imagenet_subsets
+from cvlg_jax.evaluation.classnames import objects
+from cvlg_jax.evaluation.classnames import readable
+from cvlg_jax.evaluation.classnames import scenes
+
+__all__ = ["DatasetUnavailable", "ClassificationData", "open_classification",
+           "open_retrieval", "load_batches", "CLASSIFICATION_SETS",
+           "RETRIEVAL_SETS"]
+
+
+
+class DatasetUnavailable(RuntimeError):
+  """The data set's files are not on this machine; the message says what to
+  download and where to put it."""
+
+
+_BUILD = ("run `tfds build {tfds} --file_format=array_record` (add "
+          "`--data_dir=DIR` and pass the same data_dir in the eval config)")
+_MANUAL = ("put the original archives in <data_dir>/downloads/manual/ first ({what}), "
+           "then " + _BUILD)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationSet:
+  """How to open one classification set. ``classnames`` maps the label names
+  the source reports (TFDS metadata or folder names) to prompt-ready names."""
+  tfds_name: str | None           # None: a local release read from data_dir
+  test_split: str
+  train_split: str | None         # None: no training split (shift test sets)
+  templates: tuple[str, ...]
+  classnames: Callable[[Sequence[str]], Sequence[str]]
+  hint: str                       # how to get the files
+  wnid_subset: tuple[str, ...] | None = None  # ImageNet-R/A: 200 of 1000
+
+
+def _fixed(names):
+  return lambda _: names
+
+
+_IN = dict(templates=imagenet.IMAGENET_TEMPLATES,
+           classnames=lambda _: imagenet.imagenet_classnames())
+
+CLASSIFICATION_SETS: dict[str, ClassificationSet] = {
+    "imagenet": ClassificationSet(
+        "imagenet2012", "validation", "train", **_IN,
+        hint=_MANUAL.format(what="ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar",
+                            tfds="imagenet2012")),
+    "imagenet_v2": ClassificationSet(
+        "imagenet_v2/matched-frequency", "test", None, **_IN,
+        hint=_BUILD.format(tfds="imagenet_v2/matched-frequency")),
+    "imagenet_sketch": ClassificationSet(
+        "imagenet_sketch", "test", None, **_IN,
+        hint=_BUILD.format(tfds="imagenet_sketch")),
+    "imagenet_r": ClassificationSet(
+        "imagenet_r", "test", None, **_IN, hint=_BUILD.format(tfds="imagenet_r"),
+        wnid_subset=imagenet_subsets.IMAGENET_R_WNIDS),
+    "imagenet_a": ClassificationSet(
+        "imagenet_a", "test", None, **_IN, hint=_BUILD.format(tfds="imagenet_a"),
+        wnid_subset=imagenet_subsets.IMAGENET_A_WNIDS),
+    "objectnet": ClassificationSet(  # named by ObjectNet's own labels
+        None, "test", None, imagenet.IMAGENET_TEMPLATES,
+        lambda n: [readable(x) for x in n],
+        hint="download objectnet-1.0 from objectnet.dev, unzip it and set "
+             "data_dir to the folder holding images/ and mappings/"),
+    "cifar10": ClassificationSet(
+        "cifar10", "test", "train", objects.CIFAR_TEMPLATES,
+        _fixed(objects.CIFAR10_CLASSNAMES), _BUILD.format(tfds="cifar10")),
+    "cifar100": ClassificationSet(
+        "cifar100", "test", "train", objects.CIFAR_TEMPLATES,
+        _fixed(objects.CIFAR100_CLASSNAMES), _BUILD.format(tfds="cifar100")),
+    "stl10": ClassificationSet(
+        "stl10", "test", "train", objects.OBJECT_TEMPLATES,
+        _fixed(objects.STL10_CLASSNAMES), _BUILD.format(tfds="stl10")),
+    "caltech101": ClassificationSet(
+        "caltech101", "test", "train", objects.OBJECT_TEMPLATES,
+        objects.caltech101_classnames, _BUILD.format(tfds="caltech101")),
+    "food101": ClassificationSet(
+        "food101", "validation", "train", fine_grained.FOOD_TEMPLATES,
+        lambda n: [readable(x) for x in n], _BUILD.format(tfds="food101")),
+    "flowers102": ClassificationSet(
+        "oxford_flowers102", "test", "train", fine_grained.FLOWER_TEMPLATES,
+        tuple, _BUILD.format(tfds="oxford_flowers102")),
+    "pets": ClassificationSet(
+        "oxford_iiit_pet", "test", "train", fine_grained.PET_TEMPLATES,
+        fine_grained.pet_classnames, _BUILD.format(tfds="oxford_iiit_pet")),
+    "cars": ClassificationSet(
+        "cars196", "test", "train", fine_grained.CAR_TEMPLATES, tuple,
+        _BUILD.format(tfds="cars196")),
+    "fgvc_aircraft": ClassificationSet(
+        None, "test", "trainval", fine_grained.AIRCRAFT_TEMPLATES, tuple,
+        hint="download fgvc-aircraft-2013b.tar.gz (robots.ox.ac.uk/~vgg/data/"
+             "fgvc-aircraft), unpack it and set data_dir to the folder that "
+             "holds data/"),
+    "dtd": ClassificationSet(
+        "dtd", "test", "train", scenes.DTD_TEMPLATES, tuple,
+        _BUILD.format(tfds="dtd")),
+    "sun397": ClassificationSet(
+        "sun397/tfds", "test", "train", scenes.SUN397_TEMPLATES,
+        scenes.sun397_classnames, _BUILD.format(tfds="sun397/tfds")),
+    # EuroSAT and RESISC45 ship one split; we hold out its last 20% for tests.
+    "eurosat": ClassificationSet(
+        "eurosat/rgb", "train[80%:]", "train[:80%]", scenes.SATELLITE_TEMPLATES,
+        scenes.eurosat_classnames, _BUILD.format(tfds="eurosat/rgb")),
+    "resisc45": ClassificationSet(
+        "resisc45", "train[80%:]", "train[:80%]", scenes.SATELLITE_TEMPLATES,
+        lambda n: [readable(x) for x in n],
+        _MANUAL.format(what="NWPU-RESISC45.rar", tfds="resisc45")),
+}
+
+# Retrieval: TFDS has COCO with the Karpathy splits (coco_captions/2014:
+# train / val / test / restval, 5000 test images); it has no Flickr30k
+# builder, so that one reads the Karpathy JSON release in place.
+RETRIEVAL_SETS = {
+    "coco": dict(tfds_name="coco_captions/2014", test_split="test",
+                 hint=_MANUAL.format(what="none needed; this step downloads "
+                                     "COCO 2014", tfds="coco_captions/2014")),
+    "flickr30k": dict(tfds_name=None, test_split="test",
+                      hint="set data_dir to a folder holding "
+                           "dataset_flickr30k.json (Karpathy splits) and "
+                           "flickr30k-images/"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationData:
+  """Items are (uint8 image, label in [0, len(classnames)) or -1 when the
+  example's class is outside the evaluated subset)."""
+  name: str
+  source: Sequence
+  classnames: tuple[str, ...]
+  templates: tuple[str, ...]
+
+
+class _Mapped(Sequence):
+  """A TFDS data source seen as (rgb image, remapped target) pairs."""
+
+  def __init__(self, ds, target_fn):
+    self._ds, self._target_fn = ds, target_fn
+
+  def __len__(self):
+    return len(self._ds)
+
+  def __getitem__(self, i):
+    ex = self._ds[int(i)]
+    return as_rgb(ex["image"]), self._target_fn(ex)
+
+
+def _tfds_source(name: str, tfds_name: str, split: str, data_dir, hint: str):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
+  try:
+    return builder, builder.as_data_source(split=split)
+  except Exception as e:  # TFDS raises assorted types for "no files"
+    if not builder.is_prepared():
+      raise DatasetUnavailable(
+          f"eval dataset {name!r}: TFDS {tfds_name!r} is not prepared under "
+          f"{builder.data_dir}; {hint}") from e
+    fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if fmt != "array_record":
+      raise DatasetUnavailable(
+          f"eval dataset {name!r}: {tfds_name!r} is prepared as {fmt}, but "
+          f"random access needs array_record; rebuild it: {hint}") from e
+    raise
+
+
+# --- Local files: folders and dataset releases read in place. ---------------
+
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def as_rgb(image) -> np.ndarray:
+  """uint8 HWC with exactly 3 channels (grey repeated, alpha dropped)."""
+  image = np.asarray(image, np.uint8)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image[..., :3]
+
+
+class FileSource(Sequence):
+  """Image files with targets; ``crop`` = pixels cut (top, bottom, left,
+  right), for releases whose images carry a banner or border."""
+
+  def __init__(self, files, targets, classes=(), crop=(0, 0, 0, 0)):
+    if not files:
+      raise DatasetUnavailable("no image files found")
+    self.files, self.targets = list(files), list(targets)
+    self.classes, self._crop = tuple(classes), crop
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    with Image.open(self.files[int(i)]) as im:
+      image = np.asarray(im.convert("RGB"))
+    top, bottom, left, right = self._crop
+    h, w = image.shape[:2]
+    return image[top:h - bottom, left:w - right], self.targets[int(i)]
+
+
+def _need(path: str, what: str) -> str:
+  if not os.path.exists(path):
+    raise DatasetUnavailable(f"{what}: {path} does not exist")
+  return path
+
+
+def _images_in(folder: str) -> list[str]:
+  out = []
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames.sort()
+    out += [os.path.join(dirpath, f) for f in sorted(filenames)
+            if f.lower().endswith(_IMAGE_EXTS)]
+  return out
+
+
+def folder_source(root: str, only: Sequence[str] | None = None,
+                  what: str = "folder dataset", crop=(0, 0, 0, 0)) -> FileSource:
+  """Class = immediate sub-folder (sorted), images found recursively in it."""
+  _need(root, what)
+  classes = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)))
+  if only is not None:
+    classes = [c for c in classes if c in set(only)]
+  files, labels = [], []
+  for label, c in enumerate(classes):
+    found = _images_in(os.path.join(root, c))
+    files += found
+    labels += [label] * len(found)
+  if not files:
+    raise DatasetUnavailable(f"{what}: no images in class sub-folders of {root}")
+  return FileSource(files, labels, classes, crop)
+
+
+def fgvc_aircraft_source(root: str, split: str) -> FileSource:
+  """The fgvc-aircraft-2013b release, variant level (100 classes). Its images
+  end in a 20-pixel copyright banner, which the release asks users to crop."""
+  data = os.path.join(root, "data")
+  what = "eval dataset 'fgvc_aircraft'"
+  with open(_need(os.path.join(data, "variants.txt"), what)) as f:
+    classes = [l.strip() for l in f if l.strip()]
+  index = {c: i for i, c in enumerate(classes)}
+  files, labels = [], []
+  with open(_need(os.path.join(data, f"images_variant_{split}.txt"), what)) as f:
+    for line in f:
+      if line.strip():
+        image_id, variant = line.strip().split(" ", 1)
+        files.append(os.path.join(data, "images", f"{image_id}.jpg"))
+        labels.append(index[variant])
+  return FileSource(files, labels, classes, crop=(0, 20, 0, 0))
+
+
+def objectnet_source(root: str) -> FileSource:
+  """objectnet-1.0 in place. With its mappings/ folder, only the 113 classes
+  that overlap ImageNet-1k are kept (the usual protocol), named by ObjectNet's
+  own labels; without it, every class folder under images/. A thin border is
+  cropped: the release frames each image with a 1-pixel red line."""
+  import json
+  what = "eval dataset 'objectnet'"
+  images = _need(os.path.join(root, "images"), what)
+  to_label = os.path.join(root, "mappings", "folder_to_objectnet_label.json")
+  to_imagenet = os.path.join(root, "mappings", "objectnet_to_imagenet_1k.json")
+  if not (os.path.exists(to_label) and os.path.exists(to_imagenet)):
+    return folder_source(images, what=what, crop=(3, 3, 3, 3))
+  with open(to_label) as f:
+    folder_to_label = json.load(f)
+  with open(to_imagenet) as f:
+    overlap = set(json.load(f))
+  src = folder_source(images, [d for d, l in folder_to_label.items()
+                               if l in overlap], what, crop=(3, 3, 3, 3))
+  src.classes = tuple(folder_to_label[c] for c in src.classes)
+  return src
+
+
+def karpathy_caption_source(root: str, name: str, split: str) -> FileSource:
+  """Karpathy-split JSON (dataset_<name>.json: images[].filename / split /
+  sentences[].raw) next to the image folder <name>-images/."""
+  import json
+  what = f"retrieval dataset {name!r}"
+  with open(_need(os.path.join(root, f"dataset_{name}.json"), what)) as f:
+    entries = [e for e in json.load(f)["images"] if e["split"] == split]
+  image_dir = _need(os.path.join(root, f"{name}-images"), what)
+  return FileSource([os.path.join(image_dir, e["filename"]) for e in entries],
+                    [[s["raw"] for s in e["sentences"]] for e in entries])
+
+
+
+def open_classification(name: str, split: str | None = None,
+                        data_dir: str | None = None,
+                        train: bool = False) -> ClassificationData:
+  """Opens a registered set, or ``folder:/path`` (class names = sub-folders).
+
+  ``split`` defaults to the set's test split, or its train split when
+  ``train`` (linear probe). For ``folder:`` a ``<path>/<split>`` sub-folder
+  is used when it exists.
+  """
+  if name.startswith("folder:"):
+    root = name[len("folder:"):]
+    split = split or ("train" if train else "test")
+    if os.path.isdir(os.path.join(root, split)):
+      root = os.path.join(root, split)
+    elif train:
+      raise DatasetUnavailable(f"eval dataset {name!r}: a linear probe needs "
+                               f"{os.path.join(root, split)}/ with class folders")
+    src = folder_source(root, what=f"eval dataset {name!r}")
+    return ClassificationData(name, src, tuple(readable(c) for c in src.classes),
+                              objects.OBJECT_TEMPLATES)
+  if name not in CLASSIFICATION_SETS:
+    raise ValueError(f"eval dataset {name!r} is unknown; use folder:/path or one "
+                     f"of: {', '.join(sorted(CLASSIFICATION_SETS))}")
+  spec = CLASSIFICATION_SETS[name]
+  if split is None:
+    split = spec.train_split if train else spec.test_split
+    if split is None:
+      raise ValueError(f"eval dataset {name!r} has no training split; a linear "
+                       "probe cannot be trained on it")
+
+  if spec.tfds_name is None:
+    if not data_dir:
+      raise DatasetUnavailable(f"eval dataset {name!r} is read from its release "
+                               f"files; {spec.hint}")
+    if name == "objectnet":
+      src = objectnet_source(data_dir)
+    else:
+      src = fgvc_aircraft_source(data_dir, split)
+    return ClassificationData(name, src, tuple(spec.classnames(src.classes)),
+                              spec.templates)
+
+  builder, ds = _tfds_source(name, spec.tfds_name, split, data_dir, spec.hint)
+  label_names = tuple(builder.info.features["label"].names)
+  classnames = tuple(spec.classnames(label_names))
+  if len(classnames) != len(label_names):
+    raise ValueError(f"{name}: {len(classnames)} class names for "
+                     f"{len(label_names)} labels")
+  remap = np.arange(len(label_names))
+  if spec.wnid_subset is not None:
+    keep = [label_names.index(w) for w in spec.wnid_subset]
+    remap = np.full(len(label_names), -1)
+    remap[keep] = np.arange(len(keep))
+    classnames = tuple(classnames[k] for k in keep)
+  src = _Mapped(ds, lambda ex: int(remap[int(ex["label"])]))
+  return ClassificationData(name, src, classnames, spec.templates)
+
+
+def open_retrieval(name: str, split: str | None = None,
+                   data_dir: str | None = None) -> Sequence:
+  """(uint8 image, list of captions) pairs of a registered retrieval set."""
+  if name not in RETRIEVAL_SETS:
+    raise ValueError(f"retrieval dataset {name!r} is unknown; allowed: "
+                     f"{', '.join(sorted(RETRIEVAL_SETS))}")
+  spec = RETRIEVAL_SETS[name]
+  split = split or spec["test_split"]
+  if spec["tfds_name"] is None:
+    if not data_dir:
+      raise DatasetUnavailable(f"retrieval dataset {name!r}: {spec['hint']}")
+    return karpathy_caption_source(data_dir, name, split)
+  _, ds = _tfds_source(name, spec["tfds_name"], split, data_dir, spec["hint"])
+  return _Mapped(ds, lambda ex: [_text(t) for t in ex["captions"]["text"]])
+
+
+def _text(t) -> str:
+  return t.decode("utf-8") if isinstance(t, bytes) else str(t)
+
+
+def sample_indices(num: int, max_examples: int | None, seed: int = 0):
+  """All indices, or a seeded sorted random subset: sources are often stored
+  class by class, so the first N would not be a fair sample."""
+  if not max_examples or max_examples >= num:
+    return np.arange(num)
+  rng = np.random.default_rng(seed)
+  return np.sort(rng.choice(num, size=max_examples, replace=False))
+
+
+def load_batches(source: Sequence, indices: Sequence[int], batch_size: int,
+                 image_size: int, num_threads: int = 8
+                 ) -> Iterator[tuple[np.ndarray, list]]:
+  """Yields (float32 [B, size, size, 3] preprocessed images, targets).
+
+  Decoding and resizing run in a thread pool (PIL and TFDS release the GIL),
+  one batch ahead of the caller, so the accelerator is not left waiting.
+  """
+  def load(i):
+    image, target = source[i]
+    return eval_preprocess(image, image_size), target
+
+  def load_batch(chunk):
+    items = list(pool.map(load, chunk))
+    return np.stack([x for x, _ in items]), [t for _, t in items]
+
+  chunks = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool, \
+       concurrent.futures.ThreadPoolExecutor(1) as ahead:
+    pending = ahead.submit(load_batch, chunks[0]) if chunks else None
+    for k in range(len(chunks)):
+      batch = pending.result()
+      if k + 1 < len(chunks):
+        pending = ahead.submit(load_batch, chunks[k + 1])
+      yield batch
+
+
+def embed_source(encode_images, params, source: Sequence, indices, *,
+                 batch_size: int, image_size: int) -> tuple[np.ndarray, list]:
+  """Embeds ``source[indices]`` batch by batch -> (float32 [N, d], targets)."""
+  embs, targets = [], []
+  for images, batch_targets in load_batches(source, indices, batch_size,
+                                            image_size):
+    embs.append(np.asarray(encode_images(params, images), np.float32))
+    targets += batch_targets
+  if not embs:
+    raise ValueError("no examples to embed")
+  return np.concatenate(embs), targets
+
+
+def check_config(cfg, allowed: Sequence[str], kind: str) -> None:
+  """Rejects misspelt keys in a ``config.eval`` entry with one clear message."""
+  unknown = sorted(set(cfg.keys()) - set(allowed) - {"type", "every"})
+  if unknown:
+    raise ValueError(f"{kind} eval config has unknown keys {unknown}; allowed: "
+                     f"{', '.join(sorted(set(allowed) | {'type', 'every'}))}")
+  if not cfg.get("dataset"):
+    raise ValueError(f"{kind} eval config needs `dataset`")
