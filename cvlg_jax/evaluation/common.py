@@ -74,3 +74,36 @@ def _import_builtin_evaluators():
     except ModuleNotFoundError as e:
       if e.name != f"cvlg_jax.evaluation.{mod}":
         raise
+
+
+def build_all(eval_config, ctx: EvalContext) -> tuple[dict[str, Evaluator],
+                                                       dict[str, str]]:
+  """(evaluators, skipped) for every ``config.eval`` entry.
+
+  An entry whose data set is not on this machine is skipped with its reason
+  (what to download) instead of stopping training or the eval suite.
+  """
+  from cvlg_jax.evaluation.datasets import DatasetUnavailable
+  evaluators, skipped = {}, {}
+  for name, cfg in eval_config.items():
+    try:
+      evaluators[name] = build(cfg, ctx)
+    except DatasetUnavailable as e:
+      skipped[name] = str(e)
+  return evaluators, skipped
+
+
+def due(eval_config, name: str, step: int, *, default_every: int,
+        last_step: int) -> bool:
+  """Whether evaluator ``name`` runs at ``step`` (its own ``every`` or the
+  run's ``train.eval_every``; always at the last step)."""
+  every = eval_config[name].get("every", default_every) or default_every
+  return step % every == 0 or step == last_step
+
+
+def run_all(evaluators: dict[str, Evaluator], params) -> dict[str, float]:
+  """``{"<entry>/<metric>": value}`` over the given evaluators."""
+  out = {}
+  for name, evaluator in evaluators.items():
+    out.update({f"{name}/{k}": float(v) for k, v in evaluator.run(params).items()})
+  return out
