@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
+from absl import logging
 from PIL import Image
 
 from cvlg_jax.data import convert_inputs, decode, records
@@ -58,7 +59,10 @@ def prepare_image(data: bytes, opts: ImageOptions) -> tuple[bytes, bool]:
   width, height = image.size
   decode.check_aspect_ratio(width, height, opts.max_aspect_ratio)
   fmt, mode = image.format, image.mode
-  orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+  try:
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+  except Exception:  # pylint: disable=broad-except  # Corrupt EXIF: pixels may be fine.
+    orientation = 1
   short = min(width, height)
   if short > opts.max_short_side and fmt == "JPEG":  # Cheap DCT-domain downscale.
     s = opts.max_short_side / short
@@ -116,10 +120,16 @@ def convert_row(row: Row, opts: ImageOptions, multiline: bool = False
   try:
     caption = _read_caption(row, multiline)
     image, reencoded = prepare_image(row.image.read(), opts)
-  except FileNotFoundError:
-    return None, "missing_file"
   except decode.BadExample as e:
     return None, e.reason
+  except OSError:  # Missing or unreadable (permissions, a directory, ...).
+    return None, "missing_file"
+  except Exception as e:  # pylint: disable=broad-except
+    # A PIL corner case must not end a long conversion; it is counted, and
+    # logged so that a bug (every row failing) is visible, not silent.
+    logging.warning("row %r: %s: %s (counted as undecodable_image)", row.key,
+                    type(e).__name__, e)
+    return None, "undecodable_image"
   return (records.encode_record(row.key, image, caption),
           "reencoded" if reencoded else "copied")
 

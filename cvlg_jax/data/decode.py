@@ -117,7 +117,7 @@ def open_image(data: Any) -> Image.Image:
   except MemoryError:
     raise
   except Exception as e:  # PIL plugins raise many types on garbage input.
-    raise BadExample("undecodable_image", f"{type(e).__name__}: {e}") from None
+    raise BadExample(_load_error_reason(e), f"{type(e).__name__}: {e}") from None
   if min(image.size) < 1:
     raise BadExample("undecodable_image", f"size {image.size}")
   return image
@@ -135,11 +135,16 @@ def load_rgb(image: Image.Image) -> Image.Image:
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).lower()
-    reason = ("truncated_image" if "truncat" in msg or "broken data stream" in msg
-              else "undecodable_image")
-    raise BadExample(reason, f"{type(e).__name__}: {e}") from None
+    raise BadExample(_load_error_reason(e), f"{type(e).__name__}: {e}") from None
   return transforms.to_rgb(image)
+
+
+def _load_error_reason(error: Exception) -> str:
+  """PIL reports data that ends early in words, not with an exception type."""
+  msg = str(error).lower()
+  if "truncat" in msg or "broken data stream" in msg or isinstance(error, EOFError):
+    return "truncated_image"
+  return "undecodable_image"
 
 
 def _draft(image: Image.Image, width: int, height: int) -> float:
