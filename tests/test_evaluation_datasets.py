@@ -207,6 +207,10 @@ def test_missing_data_reports_what_to_download(tmp_path):
     datasets.open_classification("objectnet")
   with pytest.raises(datasets.DatasetUnavailable, match="does not exist"):
     datasets.open_classification(f"folder:{tmp_path}/nope")
+  _png(str(tmp_path / "only" / "cat" / "a.png"), (0, 0, 0))
+  assert len(datasets.open_classification(f"folder:{tmp_path}/only").source) == 1
+  with pytest.raises(datasets.DatasetUnavailable, match="val/ with class"):
+    datasets.open_classification(f"folder:{tmp_path}/only", split="val")
 
 
 def test_config_errors_are_clear():

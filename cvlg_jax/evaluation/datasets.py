@@ -138,8 +138,7 @@ CLASSIFICATION_SETS: dict[str, ClassificationSet] = {
 # builder, so that one reads the Karpathy JSON release in place.
 RETRIEVAL_SETS = {
     "coco": dict(tfds_name="coco_captions/2014", test_split="test",
-                 hint=_MANUAL.format(what="none needed; this step downloads "
-                                     "COCO 2014", tfds="coco_captions/2014")),
+                 hint=_BUILD.format(tfds="coco_captions/2014")),
     "flickr30k": dict(tfds_name=None, test_split="test",
                       hint="set data_dir to a folder holding "
                            "dataset_flickr30k.json (Karpathy splits) and "
@@ -317,17 +316,18 @@ def open_classification(name: str, split: str | None = None,
   """Opens a registered set, or ``folder:/path`` (class names = sub-folders).
 
   ``split`` defaults to the set's test split, or its train split when
-  ``train`` (linear probe). For ``folder:`` a ``<path>/<split>`` sub-folder
-  is used when it exists.
+  ``train`` (linear probe). For ``folder:`` the classes live in
+  ``<path>/<split>`` (split defaulting to test / train), or directly in
+  ``<path>`` for a test-only folder.
   """
   if name.startswith("folder:"):
     root = name[len("folder:"):]
-    split = split or ("train" if train else "test")
-    if os.path.isdir(os.path.join(root, split)):
-      root = os.path.join(root, split)
-    elif train:
-      raise DatasetUnavailable(f"eval dataset {name!r}: a linear probe needs "
-                               f"{os.path.join(root, split)}/ with class folders")
+    sub = os.path.join(root, split or ("train" if train else "test"))
+    if os.path.isdir(sub):
+      root = sub
+    elif split or train:  # asked for a split that is not there
+      raise DatasetUnavailable(f"eval dataset {name!r}: {sub}/ with class "
+                               "folders does not exist")
     src = folder_source(root, what=f"eval dataset {name!r}")
     return ClassificationData(name, src, tuple(readable(c) for c in src.classes),
                               objects.OBJECT_TEMPLATES)

@@ -163,6 +163,9 @@ class LinearProbeEvaluator:
         cfg.dataset, cfg.get("train_split"), cfg.get("data_dir"), train=True)
     self._test = datasets.open_classification(
         cfg.dataset, cfg.get("split"), cfg.get("data_dir"))
+    if self._train.classnames != self._test.classnames:
+      raise ValueError(f"linear probe on {cfg.dataset!r}: train and test splits "
+                       "have different classes")
     self._train_idx = datasets.sample_indices(
         len(self._train.source), cfg.get("max_train_examples"), seed)
     self._test_idx = datasets.sample_indices(
