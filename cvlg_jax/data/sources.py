@@ -142,8 +142,9 @@ def shard_for_process(dataset_or_len: grain.MapDataset | int,
 
   Shares are disjoint and, without ``drop_remainder``, together complete;
   with it every process gets exactly ``len // process_count`` elements (equal
-  step counts per host for finite eval sets). Apply before shuffling so all
-  hosts shuffle disjoint sets. Defaults to this JAX process.
+  step counts per host for finite eval sets). Slice the source before a
+  shuffle, or after one seeded identically on every host; both keep hosts
+  disjoint. Defaults to this JAX process.
   """
   if process_index is None:
     process_index = jax.process_index()
