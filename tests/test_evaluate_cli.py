@@ -1,0 +1,55 @@
+"""`cvlg_jax.evaluate` on a checkpoint written by a tiny training run."""
+
+import json
+import os
+import sys
+
+import ml_collections
+import pytest
+
+from cvlg_jax import evaluate, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import demo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = demo.get_config("tiny")
+  config.train.steps = 10
+  train.run(config, workdir)
+  return config, workdir
+
+
+def test_evaluate_reproduces_the_training_eval(trained):
+  config, workdir = trained
+  report = evaluate.evaluate(config, workdir)
+  assert report["step"] == 10 and report["skipped"] == {}
+  logged = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][-1]
+  for key, value in report["results"]["synthetic"].items():
+    assert value == pytest.approx(logged[f"synthetic/{key}"], abs=1e-6), key
+  saved = json.load(open(os.path.join(workdir, "eval", "10.json")))
+  assert saved["results"] == report["results"]
+  table = evaluate.format_table(report)
+  assert "| synthetic | zeroshot_top1 |" in table
+
+
+def test_missing_dataset_is_skipped_with_reason(trained, tmp_path):
+  config, workdir = trained
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.cifar = dict(type="zeroshot", dataset="cifar10",
+                           data_dir=str(tmp_path / "no_tfds_here"))
+  report = evaluate.evaluate(config, workdir,
+                             checkpoint=os.path.join(workdir, "checkpoints", "10"))
+  assert "synthetic" in report["results"]
+  assert "cifar" in report["skipped"] and "cifar10" in report["skipped"]["cifar"]
+  assert "| cifar | skipped |" in evaluate.format_table(report)
+
+
+def test_bad_checkpoint_path_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a checkpoint step directory"):
+    evaluate.find_checkpoint(str(tmp_path), str(tmp_path / "nope"))
+  with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
+    evaluate.find_checkpoint(str(tmp_path), None)
