@@ -36,8 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=32,
       num_train=20_000,          # synthetic: size of one epoch
       caption_noise=0.0,         # synthetic: fraction of noisy captions
-      data_dir="",               # arrayrecord / tfds
+      data_dir="",               # arrayrecord shards / TFDS data_dir
       tfds_name="", tfds_split="train",
+      image_key="image", caption_key="caption",  # TFDS feature names
+      crop_min_scale=0.9,        # random-resized-crop scale range [min, 1]
+      flip=False,                # random horizontal flip (real data)
+      max_aspect_ratio=10.0,     # images more elongated are skipped
       worker_count=0,            # Grain worker processes (0 = in-process)
       prefetch_buffer_size=2,
   )
@@ -154,6 +158,7 @@ def validate(config, num_devices: int | None = None) -> None:
   if data.source == "tfds" and not data.tfds_name:
     raise ConfigError("config.data.tfds_name must be set for data.source='tfds'")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
+  _in_range(data.crop_min_scale, 0.01, 1.0, "data.crop_min_scale")
   _positive(config, "data.image_size", "data.context_length", "data.num_train",
             "train.steps", "train.batch_size", "train.log_every",
             "train.eval_every", "train.checkpoint_every",

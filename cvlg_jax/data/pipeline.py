@@ -2,9 +2,14 @@
 
 Batches are host-local dicts of numpy arrays, ``image`` uint8 [b, S, S, 3]
 (normalised on device, so workers ship 4x fewer bytes) and ``tokens`` int32
-[b, L], where b = global batch / process count. The iterator is a Grain
-``DatasetIterator`` whose state goes into every checkpoint, so a resumed run
-sees exactly the batches an uninterrupted one would.
+[b, L], where b = global batch / process count. Real-data batches also carry
+``skipped`` int32 [b, len(SKIP_REASONS)]: bad records dropped before each
+example (see data.skipping), which the loop pops and adds to its metrics.
+
+The iterator is a Grain ``DatasetIterator`` whose state goes into every
+checkpoint, so a resumed run sees exactly the batches an uninterrupted one
+would. Decoding and augmentation run in Grain worker processes when
+``data.worker_count > 0``.
 """
 
 from __future__ import annotations
@@ -16,17 +21,21 @@ import jax
 import numpy as np
 
 from cvlg_jax.data import synthetic
+from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
 from cvlg_jax.data.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizeCaption(grain.transforms.Map):
-  """{"image", "caption", ...} -> {"image", "tokens"}: what the model consumes."""
+  """{"image", "caption", ...} -> {"image", "tokens"[, "skipped"]}."""
   tokenizer: Tokenizer
 
   def map(self, example):
-    return {"image": np.asarray(example["image"], np.uint8),
-            "tokens": self.tokenizer([example["caption"]])[0]}
+    out = {"image": np.asarray(example["image"], np.uint8),
+           "tokens": self.tokenizer([example["caption"]])[0]}
+    if SKIPPED_KEY in example:
+      out[SKIPPED_KEY] = example[SKIPPED_KEY]
+    return out
 
 
 def train_source(config):
@@ -36,28 +45,41 @@ def train_source(config):
     return synthetic.SyntheticImageText(
         "train", num_examples=data.num_train, image_size=data.image_size,
         caption_noise=data.caption_noise, seed=config.train.seed)
-  raise ValueError(f"data.source={data.source!r} has no training pipeline yet")
+  from cvlg_jax.data import sources
+  if data.source == "arrayrecord":
+    return sources.ArrayRecordImageText(data.data_dir)
+  if data.source == "tfds":
+    return sources.TfdsImageText(
+        data.tfds_name, data.tfds_split, image_key=data.image_key,
+        caption_key=data.caption_key, data_dir=data.data_dir or None)
+  raise ValueError(f"data.source={data.source!r} is unknown")
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
   """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset."""
+  data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if config.train.batch_size % process_count:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not "
                      f"divisible by the {process_count} processes")
   ds = grain.MapDataset.source(train_source(config))
-  ds = ds.seed(config.train.seed).shuffle().repeat()
-  # Each process reads a disjoint 1/process_count of every epoch's order.
-  ds = ds[process_index::process_count]
-  ds = ds.map(TokenizeCaption(tokenizer))
-  ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=2, prefetch_buffer_size=config.data.prefetch_buffer_size))
-  if config.data.worker_count > 0:
+  # Same seed on every host, so the shuffled order is global; each process
+  # then reads a disjoint 1/process_count of it.
+  ds = ds.seed(config.train.seed).shuffle().repeat()[process_index::process_count]
+  if data.source == "synthetic":  # already decoded; no bad records possible
+    it_ds = ds.map(TokenizeCaption(tokenizer)).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=data.prefetch_buffer_size))
+  else:
+    it_ds = decode_and_skip(ds, train=True, image_size=data.image_size,
+                            crop_scale=(data.crop_min_scale, 1.0), flip=data.flip,
+                            max_aspect_ratio=data.max_aspect_ratio)
+    it_ds = it_ds.map(TokenizeCaption(tokenizer))
+  it_ds = it_ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+  if data.worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.data.worker_count))
+        num_workers=data.worker_count))
   return it_ds
 
 
