@@ -16,6 +16,7 @@ PSD_TEACHERS = ("self", "ema")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
 DATA_SOURCES = ("synthetic", "arrayrecord", "tfds")
+DEBUG_SIGNALS = ("SIGTERM", "SIGINT", "SIGKILL")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,13 @@ def base_config() -> ml_collections.ConfigDict:
       steps=1000, batch_size=256, seed=0,
       log_every=50, eval_every=250, checkpoint_every=250,
       keep_checkpoints=3,
+      # NaN/Inf in the loss or gradients stops the run (nothing is saved from
+      # the bad step on); N > 0 instead skips up to N such updates in total.
+      skip_nonfinite_steps=0,
+      # TEST-ONLY fault injection (0 = off); never set these in a real config.
+      debug_signal_at_step=0,    # send debug_signal to itself during this step
+      debug_signal="SIGTERM",    # SIGTERM | SIGINT | SIGKILL
+      debug_poison_step=0,       # this step's batch makes the loss NaN
   )
 
   # name -> evaluator entry; each has at least `type` (see evaluation.common).
@@ -79,7 +87,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _type_ok(value, default) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):  # an int where a float is expected is fine
+    return isinstance(value, (int, float))
+  return isinstance(value, type(default))
+
+
 def _check_keys(config, schema, prefix=""):
+  missing = sorted(set(schema.keys()) - set(config.keys()))
+  if missing:
+    raise ConfigError(f"config.{prefix}{missing[0]}: missing (was the group "
+                      "replaced? start from base_config() and set values)")
   for key in config.keys():
     path = f"{prefix}{key}"
     if path == "eval" or path.startswith("eval."):
@@ -93,10 +113,7 @@ def _check_keys(config, schema, prefix=""):
         raise ConfigError(f"config.{path}: must be a group, got {value!r}")
       _check_keys(value, default, path + ".")
     elif default is not None and value is not None:
-      ok = isinstance(value, type(default)) or (
-          isinstance(default, float) and isinstance(value, int)
-          and not isinstance(value, bool))
-      if not ok:
+      if not _type_ok(value, default):
         raise ConfigError(f"config.{path}: expected {type(default).__name__}, "
                           f"got {type(value).__name__} {value!r}")
 
@@ -152,11 +169,18 @@ def validate(config, num_devices: int | None = None) -> None:
   if data.tokenizer != "builtin" and not os.path.exists(data.tokenizer_path):
     raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
                       f"not exist (needed by data.tokenizer={data.tokenizer!r})")
-  if data.source == "arrayrecord" and not os.path.isdir(data.data_dir):
-    raise ConfigError(f"config.data.data_dir={data.data_dir!r} is not a "
-                      "directory of ArrayRecord shards")
+  if data.source == "arrayrecord":
+    from cvlg_jax.data.records import list_shards
+    try:
+      list_shards(data.data_dir)
+    except FileNotFoundError as e:
+      raise ConfigError(f"config.data.data_dir={data.data_dir!r}: {e} (a "
+                        "directory of shards, a glob or one shard file)") from None
   if data.source == "tfds" and not data.tfds_name:
     raise ConfigError("config.data.tfds_name must be set for data.source='tfds'")
+  if data.source == "tfds" and data.data_dir and not os.path.isdir(data.data_dir):
+    raise ConfigError(f"config.data.data_dir={data.data_dir!r} does not exist "
+                      "(TFDS data_dir; leave empty for the TFDS default)")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
   _in_range(data.crop_min_scale, 0.01, 1.0, "data.crop_min_scale")
   _positive(config, "data.image_size", "data.context_length", "data.num_train",
@@ -168,12 +192,18 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.optim.warmup_steps < 0:
     raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} "
                       "must be >= 0")
+  train = config.train
+  for key in ("skip_nonfinite_steps", "debug_signal_at_step", "debug_poison_step"):
+    if train[key] < 0:
+      raise ConfigError(f"config.train.{key}={train[key]} must be >= 0 (0 = off)")
+  _choice(train.debug_signal, DEBUG_SIGNALS, "train.debug_signal")
 
   if num_devices is not None:
     try:
       shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
     except ValueError as e:
-      raise ConfigError(f"config.{e}") from None
+      raise ConfigError(f"config.{e}; allowed: sizes whose product is "
+                        f"{num_devices}, one of them may be -1 (= the rest)") from None
     batch_devices = shape[0] * shape[1]
     if config.train.batch_size % batch_devices:
       raise ConfigError(
@@ -181,6 +211,10 @@ def validate(config, num_devices: int | None = None) -> None:
           f"by the {batch_devices} devices the batch is split over "
           f"(mesh data={shape[0]} x fsdp={shape[1]})")
 
+  if config.eval:
+    from cvlg_jax.evaluation.common import registered_types
+    types = registered_types()
   for name, entry in config.eval.items():
     if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
       raise ConfigError(f"config.eval.{name} must be a group with a 'type' key")
+    _choice(entry.type, types, f"eval.{name}.type")
