@@ -11,6 +11,8 @@ Keys: ``data_dir`` (ArrayRecord shards from ``python -m cvlg_jax.data.convert``)
 ``vocab`` (CLIP BPE merges file; or ``tokenizer=builtin``), ``model``
 (vit_b32 | rn50 | any registry name), ``loss`` (psd | clip), ``epochs``,
 ``batch`` (global), ``eval_data_dir`` (TFDS data_dir for the eval sets),
+``evals=paper`` (the full benchmark suite of configs/eval_suite.py instead
+of the cheap during-training set),
 ``smoke`` (a seconds-long run for tests).
 
 The schedule below is this project's default, not a number from the paper:
@@ -21,6 +23,8 @@ linear ramp over all of training, teacher temperature 1).
 """
 
 from cvlg_jax.config import base_config
+
+from configs import eval_suite
 
 
 def parse_arg(arg):
@@ -61,11 +65,10 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
   c.optim.grad_clip_norm = 1.0
 
   eval_dir = args.get("eval_data_dir") or None
-  c.eval.imagenet = dict(type="zeroshot", dataset="imagenet2012",
-                         data_dir=eval_dir, max_examples=10_000)
-  c.eval.cifar10 = dict(type="zeroshot", dataset="cifar10", data_dir=eval_dir)
-  c.eval.cifar100 = dict(type="zeroshot", dataset="cifar100", data_dir=eval_dir)
-  c.eval.coco = dict(type="retrieval", dataset="coco", data_dir=eval_dir)
+  suite = (eval_suite.paper_suite(eval_dir) if args.get("evals") == "paper"
+           else eval_suite.during_training(eval_dir))
+  for name, entry in suite.items():
+    c.eval[name] = entry
 
   if "smoke" in args:  # tests: tiny model, tiny images, builtin tokenizer
     c.model.name, c.model.dtype = args.get("model", "tiny"), "float32"

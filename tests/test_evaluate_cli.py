@@ -53,3 +53,16 @@ def test_bad_checkpoint_path_is_a_clear_error(tmp_path):
     evaluate.find_checkpoint(str(tmp_path), str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
     evaluate.find_checkpoint(str(tmp_path), None)
+
+
+def test_paper_suite_without_data_skips_every_entry_with_a_reason(tmp_path):
+  from configs import eval_suite
+  from cvlg_jax.data.tokenizers import HashWordTokenizer
+  from cvlg_jax.evaluation import common
+  ctx = common.EvalContext(encode_images=None, encode_texts=None,
+                           tokenizer=HashWordTokenizer(), image_size=32)
+  suite = ml_collections.ConfigDict(eval_suite.paper_suite(str(tmp_path)))
+  evaluators, skipped = common.build_all(suite, ctx)
+  assert evaluators == {}
+  assert set(skipped) == set(suite.keys()) and len(skipped) == 35
+  assert all(reason for reason in skipped.values())
