@@ -11,7 +11,9 @@ import os
 
 import ml_collections
 
-LOSSES = ("clip", "psd")
+# psd = CLIP + PSD soft targets; siglip = sigmoid loss (learned bias);
+# siglip_psd = SigLIP with PSD soft labels (see losses.py).
+LOSSES = ("clip", "psd", "siglip", "siglip_psd")
 PSD_TEACHERS = ("self", "ema")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
@@ -71,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = dict(
       steps=1000, batch_size=256, seed=0,
+      # k > 1: embed k micro-batches without grads, then redo each with grads;
+      # the loss still contrasts the full batch (train_step.py).
+      grad_accum_steps=1,
       log_every=50, eval_every=250, checkpoint_every=250,
       keep_checkpoints=3,
       # NaN/Inf in the loss or gradients stops the run (nothing is saved from
@@ -162,6 +167,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.loss.chunk_size < 0:
     raise ConfigError(f"config.loss.chunk_size={config.loss.chunk_size} must be "
                       ">= 0 (0 = unchunked)")
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.batch_size % accum:
+    raise ConfigError(f"config.train.grad_accum_steps={accum} must be >= 1 and "
+                      f"divide train.batch_size={config.train.batch_size}")
 
   data = config.data
   _choice(data.source, DATA_SOURCES, "data.source")
@@ -210,6 +219,16 @@ def validate(config, num_devices: int | None = None) -> None:
           f"config.train.batch_size={config.train.batch_size} is not divisible "
           f"by the {batch_devices} devices the batch is split over "
           f"(mesh data={shape[0]} x fsdp={shape[1]})")
+    per_device = config.train.batch_size // batch_devices
+    if per_device % accum:
+      raise ConfigError(
+          f"config.train.grad_accum_steps={accum} must divide the {per_device} "
+          "examples per device, so every micro-batch spans all devices")
+    chunk = config.loss.chunk_size
+    if chunk and per_device % min(chunk, per_device):
+      raise ConfigError(
+          f"config.loss.chunk_size={chunk} must divide the {per_device} "
+          "examples per device (the key block each device streams)")
 
   if config.eval:
     from cvlg_jax.evaluation.common import registered_types
