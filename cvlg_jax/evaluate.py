@@ -66,10 +66,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   for name, evaluator in evaluators.items():
     try:
       results[name] = {k: float(v) for k, v in evaluator.run(state.params).items()}
-    except Exception as e:  # pylint: disable=broad-except
-      from cvlg_jax.evaluation.datasets import DatasetUnavailable
-      if not isinstance(e, DatasetUnavailable):
-        raise
+    except common.DatasetUnavailable as e:
       skipped[name] = str(e)
   report = dict(step=step, checkpoint=path, results=results, skipped=skipped)
   out_dir = os.path.join(workdir, "eval")

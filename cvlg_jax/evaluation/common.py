@@ -19,6 +19,11 @@ from cvlg_jax.data.tokenizers import Tokenizer
 Params = Any
 
 
+class DatasetUnavailable(RuntimeError):
+  """The data set's files are not on this machine; the message says what to
+  download and where to put it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalContext:
   """encode_* take any batch size (padding/sharding is handled inside) and
@@ -83,7 +88,6 @@ def build_all(eval_config, ctx: EvalContext) -> tuple[dict[str, Evaluator],
   An entry whose data set is not on this machine is skipped with its reason
   (what to download) instead of stopping training or the eval suite.
   """
-  from cvlg_jax.evaluation.datasets import DatasetUnavailable
   evaluators, skipped = {}, {}
   for name, cfg in eval_config.items():
     try:
