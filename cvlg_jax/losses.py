@@ -1,31 +1,48 @@
-"""Contrastive losses (CLIP and PSD) as pure functions.
+"""Contrastive losses (CLIP / PSD softmax and SigLIP sigmoid) as pure functions.
 
-One row-wise kernel, :func:`_row_losses`, serves both the single-device
-reference and the sharded training path, so the two cannot drift apart: the
-reference calls it with local == global, the sharded path calls it inside
-``jax.shard_map`` on each device's rows against the gathered other modality.
+Every variant is a sum of per-row terms for query rows i against all N key
+columns j, with logits x_ij = s q_i.k_j + b (b = 0 for softmax) and a teacher
+P_i = sg(softmax(t_i / T)) (t = x for the self teacher, the EMA model's logits
+otherwise), weight w_i = alpha * m_i:
 
-PSD (DESIGN §1) per row i with logits S_i, teacher P_i = sg(softmax(S_i / T)),
-weight a_i = alpha * m_i:
+    softmax:  loss_i = lse_j x_ij            - (1 - w_i) x_ii - w_i <P_i, x_i>
+    sigmoid:  loss_i = sum_j softplus(x_ij)  - (1 - w_i) x_ii - w_i <P_i, x_i>
 
-    target_i = (1 - a_i) e_i + a_i P_i
-    loss_i   = lse(S_i) - (1 - a_i) S_ii - a_i <P_i, S_i>
+The first is the soft-target cross entropy with targets (1 - w_i) e_i + w_i P_i
+(DESIGN §1); the second is SigLIP's -sum_j [y log sig(x) + (1-y) log sig(-x)]
+with the same mixed labels y_ij = (1 - w_i) 1[i=j] + w_i P_ij, i.e. PSD moves
+label mass from the positive onto the teacher's soft positives, and every row
+of labels still sums to one. w = 0 gives InfoNCE and SigLIP exactly. Both
+directions (i2t rows, t2i rows) are averaged, so for SigLIP without
+distillation the result is its usual sum over all pairs divided by N.
 
-which is the soft-target cross entropy written so that no N x N target matrix
-is ever built. alpha = 0 or m = 0 gives CLIP's InfoNCE exactly.
+Only per-row statistics need the N columns (:class:`_Stats`); the diagonal
+x_ii is the local pair's dot product. They come from one of two kernels:
+  * dense: the n x N logits at once, differentiated by autodiff (reference);
+  * streamed (``chunk_size > 0``): the columns in chunks with running
+    log-sum-exps and an online teacher mean (flash-attention style, so one
+    pass serves PSD too, not the two of DESIGN §2), and a custom VJP that
+    recomputes each chunk, so forward *and* backward hold O(n x chunk)
+    logits. Sharded, the key blocks travel round a ring of devices
+    (``ppermute``) instead of being all-gathered, and in the backward pass each
+    block's gradient travels with it back to its owner: no device ever holds
+    N x d embeddings either.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+KINDS = ("softmax", "sigmoid")
 # Per-row quantities summed over rows; divided by the row count at the end.
 _SUM_KEYS = ("loss", "clip_loss", "positive_mass", "hardest_negative_mass",
              "teacher_top1_agreement", "distilled")
+_sg = jax.lax.stop_gradient
 
 
 class Teacher(NamedTuple):
@@ -35,56 +52,209 @@ class Teacher(NamedTuple):
   logit_scale: jax.Array
 
 
-def _row_losses(query, keys, scale, row_offset, alpha, mask, temperature,
-                teacher_query=None, teacher_keys=None, teacher_scale=None):
-  """Sums of per-row PSD quantities for ``query`` rows against all ``keys``.
+class _Stats(NamedTuple):
+  """Per-row statistics over all key columns j of a query row i."""
+  a: jax.Array         # lse_j x_ij (softmax) | sum_j softplus(x_ij) (sigmoid)
+  b: jax.Array         # sum_j P_ij x_ij (0 without distillation)
+  t_lse: jax.Array     # lse_j t_ij / T (no gradient)
+  t_maxneg: jax.Array  # max_{j != i} t_ij (no gradient)
 
-  query [n, d] are global rows ``row_offset .. row_offset + n``; keys [N, d].
-  """
-  logits = scale * (query @ keys.T)                          # [n, N]
-  n = query.shape[0]
-  diag = row_offset + jnp.arange(n)
-  if teacher_query is None:
-    teacher_logits = logits
+
+def _row_terms(kind, x):
+  if kind == "softmax":
+    return jax.nn.logsumexp(x, axis=-1)
+  return jnp.sum(jax.nn.softplus(x), axis=-1)
+
+
+def _dense_stats(kind, distill, qs, keys, bias, diag, temperature, teacher):
+  """All n x N logits at once; ``teacher`` = (s_t q_t, k_t) or None (self)."""
+  x = qs @ keys.T + bias
+  t = _sg(x) if teacher is None else teacher[0] @ teacher[1].T
+  off = jnp.arange(keys.shape[0])[None, :] != diag[:, None]
+  maxneg = jnp.max(jnp.where(off, t, -jnp.inf), axis=-1)
+  zero = jnp.zeros_like(maxneg)
+  if not distill:
+    return _Stats(_row_terms(kind, x), zero, zero, maxneg)
+  t_lse = jax.nn.logsumexp(t / temperature, axis=-1)
+  p = jnp.exp(t / temperature - t_lse[:, None])
+  return _Stats(_row_terms(kind, x), jnp.sum(p * x, axis=-1), t_lse, maxneg)
+
+
+def _ring(axis, size):
+  """Passes a block to the next device on ``axis`` (identity on one device)."""
+  if axis is None or size == 1:
+    return lambda x: x
+  perm = [(i, (i + 1) % size) for i in range(size)]
+  return lambda x: jax.tree.map(lambda y: jax.lax.ppermute(y, axis, perm), x)
+
+
+def _chunks(k, chunk):
+  n, d = k.shape
+  c = min(chunk, n)
+  if n % c:
+    raise ValueError(f"loss.chunk_size={chunk} must divide the {n} key rows "
+                     "each device holds (global batch / devices)")
+  return k.reshape(n // c, c, d), c
+
+
+def _stream_forward(kind, distill, chunk, axis, size, qs, k, bias, temperature,
+                    teacher):
+  """Streams key blocks (ring steps) and chunks (within a block) past ``qs``."""
+  n = qs.shape[0]
+  rows = jnp.arange(n)
+  vary = ((lambda v: jax.lax.pcast(v, axis, to="varying")) if axis and size > 1
+          else (lambda v: v))
+  ninf, zero = vary(jnp.full((n,), -jnp.inf)), vary(jnp.zeros((n,)))
+  ring = _ring(axis, size)
+
+  def chunk_step(carry, xs):
+    kc, tkc, start, first_block = xs
+    x = qs @ kc.T + bias
+    t = x if teacher is None else teacher[0] @ tkc.T
+    diag = first_block & (start + jnp.arange(kc.shape[0])[None, :] == rows[:, None])
+    st = dict(carry, maxneg=jnp.maximum(
+        carry["maxneg"], jnp.max(jnp.where(diag, -jnp.inf, t), axis=-1)))
+    if kind == "softmax":
+      m = jnp.maximum(carry["m"], jnp.max(x, axis=-1))
+      st.update(m=m, s=carry["s"] * jnp.exp(carry["m"] - m)
+                + jnp.sum(jnp.exp(x - m[:, None]), axis=-1))
+    else:
+      st.update(s=carry["s"] + jnp.sum(jax.nn.softplus(x), axis=-1))
+    if distill:  # online softmax(t / T) and its running mean of x
+      y = t / temperature
+      mt = jnp.maximum(carry["mt"], jnp.max(y, axis=-1))
+      decay, e = jnp.exp(carry["mt"] - mt), jnp.exp(y - mt[:, None])
+      st.update(mt=mt, st=carry["st"] * decay + jnp.sum(e, axis=-1),
+                wt=carry["wt"] * decay + jnp.sum(e * x, axis=-1))
+    return st, None
+
+  def block_step(carry, step):
+    st, kb, tkb = carry
+    kcs, c = _chunks(kb, chunk)
+    tkcs = None if teacher is None else _chunks(tkb, chunk)[0]
+    starts = jnp.arange(kcs.shape[0]) * c
+    first = jnp.broadcast_to(step == 0, starts.shape)
+    st, _ = jax.lax.scan(chunk_step, st, (kcs, tkcs, starts, first))
+    kb, tkb = ring((kb, tkb))
+    return (st, kb, tkb), None
+
+  init = dict(s=zero, maxneg=ninf)
+  if kind == "softmax":
+    init.update(m=ninf)
+  if distill:
+    init.update(mt=ninf, st=zero, wt=zero)
+  tk = None if teacher is None else teacher[1]
+  (st, _, _), _ = jax.lax.scan(block_step, (init, k, tk), jnp.arange(size))
+  a = st["m"] + jnp.log(st["s"]) if kind == "softmax" else st["s"]
+  if not distill:
+    return _Stats(a, zero, zero, st["maxneg"])
+  return _Stats(a, st["wt"] / st["st"], st["mt"] + jnp.log(st["st"]),
+                st["maxneg"])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _stream_stats(kind, distill, chunk, axis, size, qs, k, bias, temperature,
+                  teacher):
+  return _stream_forward(kind, distill, chunk, axis, size, qs, k, bias,
+                         temperature, teacher)
+
+
+def _stream_fwd(kind, distill, chunk, axis, size, qs, k, bias, temperature,
+                teacher):
+  stats = _stream_forward(kind, distill, chunk, axis, size, qs, k, bias,
+                          temperature, teacher)
+  return stats, (qs, k, bias, temperature, teacher, stats.a, stats.t_lse)
+
+
+def _stream_bwd(kind, distill, chunk, axis, size, res, ct):
+  """dx_ij = g_a,i da_i/dx_ij + g_b,i P_ij, one chunk at a time; dk rides the
+  ring with its block and is home after ``size`` steps."""
+  qs, k, bias, temperature, teacher, a, t_lse = res
+  ga, gb = ct.a, ct.b            # t_lse, t_maxneg carry no gradient
+  ring = _ring(axis, size)
+
+  def chunk_step(carry, xs):
+    dqs, dbias = carry
+    kc, tkc = xs
+    x = qs @ kc.T + bias
+    if kind == "softmax":
+      g = ga[:, None] * jnp.exp(x - a[:, None])
+    else:
+      g = ga[:, None] * jax.nn.sigmoid(x)
+    if distill:
+      t = x if teacher is None else teacher[0] @ tkc.T
+      g = g + gb[:, None] * jnp.exp(t / temperature - t_lse[:, None])
+    return (dqs + g @ kc, dbias + jnp.sum(g)), g.T @ qs
+
+  def block_step(carry, _):
+    dqs, dbias, kb, tkb, dkb = carry
+    kcs, _ = _chunks(kb, chunk)
+    tkcs = None if teacher is None else _chunks(tkb, chunk)[0]
+    (dqs, dbias), dks = jax.lax.scan(chunk_step, (dqs, dbias), (kcs, tkcs))
+    kb, tkb, dkb = ring((kb, tkb, dkb + dks.reshape(kb.shape)))
+    return (dqs, dbias, kb, tkb, dkb), None
+
+  tk = None if teacher is None else teacher[1]
+  init = (jnp.zeros_like(qs), jnp.zeros_like(bias), k, tk, jnp.zeros_like(k))
+  (dqs, dbias, _, _, dk), _ = jax.lax.scan(block_step, init, jnp.arange(size))
+  return (dqs, dk, dbias, jnp.zeros_like(temperature),
+          jax.tree.map(jnp.zeros_like, teacher))
+
+
+_stream_stats.defvjp(_stream_fwd, _stream_bwd)
+
+
+def _row_sums(stats, pos, t_pos, weight, mask, temperature, distill):
+  """Per-row loss and diagnostics from the statistics, summed over rows."""
+  clip = stats.a - pos
+  if distill:
+    loss = stats.a - (1 - weight) * pos - weight * stats.b
+    p_pos = jnp.exp(t_pos / temperature - stats.t_lse)
+    p_neg = jnp.exp(stats.t_maxneg / temperature - stats.t_lse)
+    positive_mass, hardest = (1 - weight) + weight * p_pos, weight * p_neg
   else:
-    teacher_logits = teacher_scale * (teacher_query @ teacher_keys.T)
-  teacher = jax.lax.stop_gradient(
-      jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1))
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  positive = jnp.take_along_axis(logits, diag[:, None], axis=-1)[:, 0]
-  teacher_dot = jnp.sum(teacher * logits, axis=-1)
-  weight = alpha * mask.astype(logits.dtype)
-  loss = lse - (1 - weight) * positive - weight * teacher_dot
-
-  teacher_positive = jnp.take_along_axis(teacher, diag[:, None], axis=-1)[:, 0]
-  is_positive = jnp.arange(keys.shape[0])[None, :] == diag[:, None]
-  hardest_negative = jnp.max(jnp.where(is_positive, 0.0, teacher), axis=-1)
-  sums = dict(
-      loss=loss,
-      clip_loss=lse - positive,
-      positive_mass=(1 - weight) + weight * teacher_positive,
-      hardest_negative_mass=weight * hardest_negative,
-      teacher_top1_agreement=(jnp.argmax(teacher, axis=-1) == diag),
-      distilled=mask,
-  )
+    loss, positive_mass, hardest = clip, jnp.ones_like(clip), jnp.zeros_like(clip)
+  sums = dict(loss=loss, clip_loss=clip, positive_mass=positive_mass,
+              hardest_negative_mass=hardest,
+              # Ties count as agreement (argmax picks no favourite among them).
+              teacher_top1_agreement=t_pos >= stats.t_maxneg, distilled=mask)
   return {k: jnp.sum(v.astype(jnp.float32)) for k, v in sums.items()}
 
 
-def _both_directions(img, txt, img_all, txt_all, scale, offset, alpha, mask,
-                     temperature, teacher_local, teacher_all):
-  """i2t rows (local images vs all texts) + t2i rows (local texts vs all images)."""
-  if teacher_local is None:
-    t_i2t = t_t2i = dict()
+def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *,
+                     kind, distill, chunk, axis=None, size=1):
+  """i2t rows (local images vs all texts) + t2i rows (local texts vs images).
+
+  With ``axis`` set this runs inside ``shard_map``: dense gathers the other
+  modality, streamed passes it round the ring.
+  """
+  n = img.shape[0]
+  pos = scale * jnp.sum(img * txt, axis=-1) + bias
+  if teacher is None:
+    t_pos, t_pairs = _sg(pos), ((None, None), (None, None))
   else:
-    t_i2t = dict(teacher_query=teacher_local.image_emb,
-                 teacher_keys=teacher_all.text_emb,
-                 teacher_scale=teacher_local.logit_scale)
-    t_t2i = dict(teacher_query=teacher_local.text_emb,
-                 teacher_keys=teacher_all.image_emb,
-                 teacher_scale=teacher_local.logit_scale)
-  i2t = _row_losses(img, txt_all, scale, offset, alpha, mask, temperature, **t_i2t)
-  t2i = _row_losses(txt, img_all, scale, offset, alpha, mask, temperature, **t_t2i)
-  return {k: i2t[k] + t2i[k] for k in _SUM_KEYS}
+    ts = teacher.logit_scale
+    t_pos = ts * jnp.sum(teacher.image_emb * teacher.text_emb, axis=-1)
+    t_pairs = ((ts * teacher.image_emb, teacher.text_emb),
+               (ts * teacher.text_emb, teacher.image_emb))
+  weight = alpha * mask.astype(jnp.float32)
+  gather = ((lambda x: jax.lax.all_gather(x, axis, axis=0, tiled=True))
+            if axis else (lambda x: x))
+  offset = jax.lax.axis_index(axis) * n if axis else 0
+  total = {k: 0.0 for k in _SUM_KEYS}
+  for q, k, (tq, tk) in ((img, txt, t_pairs[0]), (txt, img, t_pairs[1])):
+    t = None if tq is None else (tq, tk)
+    if chunk:
+      b = jax.lax.pcast(bias, axis, to="varying") if axis else bias
+      stats = _stream_stats(kind, distill, chunk, axis, size, scale * q, k, b,
+                            temperature, t)
+    else:
+      t = None if t is None else (t[0], gather(t[1]))
+      stats = _dense_stats(kind, distill, scale * q, gather(k), bias,
+                           offset + jnp.arange(n), temperature, t)
+    sums = _row_sums(stats, pos, t_pos, weight, mask, temperature, distill)
+    total = {key: total[key] + sums[key] for key in _SUM_KEYS}
+  return total
 
 
 def _finalize(sums, num_rows):
@@ -93,62 +263,77 @@ def _finalize(sums, num_rows):
   return metrics.pop("loss"), metrics
 
 
+def _check(kind, logit_bias):
+  if kind not in KINDS:
+    raise ValueError(f"loss kind must be one of {KINDS}, got {kind!r}")
+  if kind == "sigmoid" and logit_bias is None:
+    raise ValueError("the sigmoid (SigLIP) loss needs logit_bias")
+  return jnp.float32(0.0) if logit_bias is None else logit_bias
+
+
 def contrastive_loss(image_emb, text_emb, logit_scale, *, alpha=0.0,
-                     distill_mask=None, teacher_temperature=1.0, teacher=None):
-  """Single-device reference: CLIP (alpha=0) or PSD loss on [N, d] embeddings.
+                     distill_mask=None, teacher_temperature=1.0, teacher=None,
+                     logit_bias=None, kind="softmax", chunk_size=0,
+                     distill=True):
+  """Single-device reference on [N, d] embeddings.
 
   Args:
     image_emb, text_emb: L2-normalised [N, d]; row i of each is a pair.
     logit_scale: the already exponentiated and clamped scale s.
-    alpha: current PSD weight; 0 is plain CLIP.
+    alpha: current PSD weight; 0 is plain CLIP / SigLIP.
     distill_mask: bool [N], rows that get soft targets; None = every row.
     teacher_temperature: T in softmax(S / T) for the teacher.
     teacher: optional :class:`Teacher` (EMA); default is the model itself.
+    logit_bias: SigLIP's learned bias b (sigmoid only).
+    kind: "softmax" (CLIP/PSD) or "sigmoid" (SigLIP).
+    chunk_size: 0 = dense; else the streamed kernel, this many keys at a time.
+    distill: False skips the teacher entirely (plain CLIP/SigLIP cost).
   Returns:
     (loss, metrics) with metrics averaged over both directions.
   """
+  bias = _check(kind, logit_bias)
   n = image_emb.shape[0]
   if distill_mask is None:
     distill_mask = jnp.ones((n,), bool)
-  sums = _both_directions(image_emb, text_emb, image_emb, text_emb, logit_scale,
-                          0, alpha, distill_mask, teacher_temperature,
-                          teacher, teacher)
+  sums = _both_directions(image_emb, text_emb, logit_scale, bias, alpha,
+                          distill_mask, teacher_temperature, teacher, kind=kind,
+                          distill=distill, chunk=chunk_size)
   return _finalize(sums, n)
 
 
-def sharded_contrastive_loss(mesh, batch_axes=("data", "fsdp")):
+def sharded_contrastive_loss(mesh, batch_axes=("data", "fsdp"), *,
+                             kind="softmax", chunk_size=0, distill=True):
   """The same loss with rows sharded over ``batch_axes`` of ``mesh``.
 
-  Each device gathers the other modality (``all_gather(tiled=True)``, whose
-  transpose is a reduce-scatter, so gradients flow back to their owners),
-  computes its local n x N logits in both directions, sums its rows' losses
-  and ``psum``s. Memory is O(n N) per device instead of O(N^2).
+  Dense: each device gathers the other modality (``all_gather(tiled=True)``,
+  whose transpose is a reduce-scatter) and computes its n x N logits; memory
+  O(n N). Streamed (``chunk_size``): ring passes, memory O(n (chunk + d)).
+  Each device sums its rows' terms and they are ``psum``med.
   Inputs must be sharded rows-over-``batch_axes`` (mask included); the scalar
   inputs replicated. Returns ``fn(image_emb, text_emb, logit_scale, alpha,
-  distill_mask, temperature, teacher=None) -> (loss, metrics)``.
+  distill_mask, temperature, teacher=None, logit_bias=None) -> (loss,
+  metrics)``.
   """
   rows = P(batch_axes)
+  size = 1
+  for a in batch_axes:
+    size *= mesh.shape[a]
 
-  def local(img, txt, scale, alpha, mask, temperature, teacher):
-    gather = lambda x: jax.lax.all_gather(x, batch_axes, axis=0, tiled=True)
-    img_all, txt_all = gather(img), gather(txt)
-    offset = jax.lax.axis_index(batch_axes) * img.shape[0]
-    teacher_all = None
-    if teacher is not None:
-      teacher_all = Teacher(gather(teacher.image_emb), gather(teacher.text_emb),
-                            teacher.logit_scale)
-    sums = _both_directions(img, txt, img_all, txt_all, scale, offset, alpha,
-                            mask, temperature, teacher, teacher_all)
+  def local(img, txt, scale, bias, alpha, mask, temperature, teacher):
+    sums = _both_directions(img, txt, scale, bias, alpha, mask, temperature,
+                            teacher, kind=kind, distill=distill,
+                            chunk=chunk_size, axis=batch_axes, size=size)
     return jax.lax.psum(sums, batch_axes)
 
   def fn(image_emb, text_emb, logit_scale, alpha, distill_mask, temperature,
-         teacher=None):
+         teacher=None, logit_bias=None):
+    bias = _check(kind, logit_bias)
     teacher_spec = None if teacher is None else Teacher(rows, rows, P())
     sums = jax.shard_map(
         local, mesh=mesh,
-        in_specs=(rows, rows, P(), P(), rows, P(), teacher_spec),
-        out_specs=P())(image_emb, text_emb, logit_scale, alpha, distill_mask,
-                       temperature, teacher)
+        in_specs=(rows, rows, P(), P(), P(), rows, P(), teacher_spec),
+        out_specs=P())(image_emb, text_emb, logit_scale, bias, alpha,
+                       distill_mask, temperature, teacher)
     return _finalize(sums, image_emb.shape[0])
 
   return fn

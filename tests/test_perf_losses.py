@@ -1,0 +1,161 @@
+"""Chunked (streamed) losses against the dense ones, SigLIP against NumPy, and
+the streamed kernel's memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from cvlg_jax import losses, sharding
+
+
+def _embeddings(n, d, seed):
+  rng = np.random.default_rng(seed)
+  u = rng.normal(size=(n, d))
+  v = u + 0.8 * rng.normal(size=(n, d))
+  norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+  return norm(u), norm(v)
+
+
+def _log_sigmoid(x):
+  return -np.logaddexp(0.0, -x)
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def numpy_siglip(u, v, s, b, alpha, mask, temperature):
+  """Sigmoid loss with explicit PSD-mixed label matrices, both directions."""
+  x = s * u.astype(np.float64) @ v.astype(np.float64).T + b
+  eye = np.eye(len(u))
+  a = alpha * mask.astype(np.float64)[:, None]
+  total = 0.0
+  for X in (x, x.T):
+    labels = (1 - a) * eye + a * _softmax((X - b) / temperature)
+    pair = -(labels * _log_sigmoid(X) + (1 - labels) * _log_sigmoid(-X))
+    total += pair.sum(1).mean()
+  return total / 2
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+@pytest.mark.parametrize("alpha,temperature", [(0.0, 1.0), (0.6, 0.5)])
+def test_siglip_equals_numpy_reference(alpha, temperature, chunk):
+  u, v = _embeddings(16, 8, seed=0)
+  mask = np.random.default_rng(1).random(16) < 0.5
+  loss, metrics = losses.contrastive_loss(
+      u, v, 10.0, logit_bias=jnp.float32(-3.0), alpha=alpha, distill_mask=mask,
+      teacher_temperature=temperature, kind="sigmoid", chunk_size=chunk)
+  np.testing.assert_allclose(
+      loss, numpy_siglip(u, v, 10.0, -3.0, alpha, mask, temperature), rtol=1e-5)
+  # Without distillation it is SigLIP's sum over pairs / N with z = 2I - 1.
+  x = 10.0 * u.astype(np.float64) @ v.T - 3.0
+  siglip = -_log_sigmoid((2 * np.eye(16) - 1) * x).sum() / 16
+  np.testing.assert_allclose(metrics["clip_loss"], siglip, rtol=1e-5)
+  if alpha:
+    assert abs(loss - siglip) > 1e-3  # the soft labels really change the loss
+
+
+def test_sigmoid_needs_a_bias_and_chunks_must_divide():
+  u, v = _embeddings(12, 4, seed=2)
+  with pytest.raises(ValueError, match="logit_bias"):
+    losses.contrastive_loss(u, v, 10.0, kind="sigmoid")
+  with pytest.raises(ValueError, match="chunk_size=5 must divide the 12"):
+    losses.contrastive_loss(u, v, 10.0, chunk_size=5)
+
+
+def test_plain_clip_path_equals_psd_with_zero_alpha():
+  """distill=False (no teacher work) is CLIP exactly; so is alpha = 0."""
+  u, v = _embeddings(16, 8, seed=3)
+  f = lambda distill, **kw: jax.value_and_grad(  # noqa: E731
+      lambda u: losses.contrastive_loss(u, v, 12.0, distill=distill, **kw)[0])(u)
+  (plain, g_plain), (psd, g_psd) = f(False), f(True, alpha=0.0)
+  np.testing.assert_allclose(plain, psd, rtol=1e-6)
+  np.testing.assert_allclose(g_plain, g_psd, rtol=1e-5, atol=1e-7)
+
+
+# (kind, distill, teacher, temperature, mesh, chunk): CLIP, PSD with the self
+# and the EMA teacher at T != 1, SigLIP and SigLIP + PSD.
+CASES = [
+    ("softmax", False, None, 1.0, (8, 1), 2),
+    ("softmax", True, None, 0.5, (4, 2), 4),
+    ("softmax", True, "ema", 0.7, (8, 1), 1),
+    ("sigmoid", False, None, 1.0, (4, 2), 2),
+    ("sigmoid", True, "ema", 2.0, (4, 2), 4),
+]
+
+
+@pytest.mark.parametrize("kind,distill,teacher,temperature,mesh_shape,chunk", CASES)
+def test_chunked_equals_unchunked(kind, distill, teacher, temperature,
+                                  mesh_shape, chunk):
+  """Loss, every metric and the gradients w.r.t. both embeddings, the logit
+  scale and the bias: streamed == dense, sharded and on one device."""
+  n = 32
+  mesh = sharding.make_mesh(ConfigDict(dict(data=mesh_shape[0],
+                                            fsdp=mesh_shape[1])))
+  rows = sharding.batch_sharding(mesh)
+  u, v = _embeddings(n, 16, seed=5)
+  tu, tv = _embeddings(n, 16, seed=6)
+  mask = np.asarray(losses.distill_mask(jax.random.key(7), n, 0.5))
+  put = lambda x: jax.device_put(x, rows)  # noqa: E731
+  t = (None if teacher is None
+       else losses.Teacher(put(tu), put(tv), jnp.float32(9.0)))
+  bias = jnp.float32(-4.0) if kind == "sigmoid" else None
+
+  def sharded(c):
+    fn = losses.sharded_contrastive_loss(mesh, kind=kind, chunk_size=c,
+                                         distill=distill)
+    return lambda u, v, s, b: fn(u, v, s, jnp.float32(0.5), put(mask),
+                                 jnp.float32(temperature), t, b)
+
+  def single(c):
+    return lambda u, v, s, b: losses.contrastive_loss(
+        u, v, s, alpha=0.5, distill_mask=mask, teacher_temperature=temperature,
+        teacher=t, logit_bias=b, kind=kind, chunk_size=c, distill=distill)
+
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  run = lambda f, *x: jax.jit(jax.value_and_grad(  # noqa: E731
+      f, argnums=argnums, has_aux=True))(*x, jnp.float32(11.0), bias)
+  for dense, streamed, inputs in ((sharded(0), sharded(chunk), (put(u), put(v))),
+                                  (single(0), single(chunk), (u, v))):
+    (loss_d, m_d), g_d = run(dense, *inputs)
+    (loss_s, m_s), g_s = run(streamed, *inputs)
+    np.testing.assert_allclose(loss_s, loss_d, rtol=1e-5)
+    assert m_s.keys() == m_d.keys()
+    for key in m_d:
+      np.testing.assert_allclose(m_s[key], m_d[key], rtol=1e-5, atol=1e-7,
+                                 err_msg=key)
+    for a, b in zip(g_s[:2], g_d[:2]):  # image and text embeddings
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Scale and bias gradients are means of O(1) per-row terms that cancel to
+    # O(1e-3): rtol 1e-5 of the terms, not of the small result.
+    for a, b in zip(g_s[2:], g_d[2:]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  if distill:  # the diagnostics are live, so their equality means something
+    assert 0 < m_d["hardest_negative_mass"] and 0 < m_d["positive_mass"] < 1
+  if teacher:
+    assert 0 < m_d["teacher_top1_agreement"] < 1
+
+
+def _temp_bytes(mesh, n, d, chunk):
+  fn = losses.sharded_contrastive_loss(mesh, chunk_size=chunk)
+  f = lambda u, v, s, m: fn(u, v, s, jnp.float32(0.5), m, jnp.float32(1.0))[0]
+  rows = sharding.batch_sharding(mesh)
+  emb = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=rows)
+  mask = jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=rows)
+  compiled = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(
+      emb, emb, jax.ShapeDtypeStruct((), jnp.float32), mask).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_streamed_loss_memory_is_linear_in_the_batch():
+  """Dense per-device temporaries grow ~4x when N doubles (n x N logits);
+  streamed ones ~2x (n x chunk and n x d)."""
+  mesh = sharding.make_mesh(ConfigDict(dict(data=8, fsdp=1)))
+  dense = [_temp_bytes(mesh, n, 32, 0) for n in (1024, 2048)]
+  streamed = [_temp_bytes(mesh, n, 32, 32) for n in (1024, 2048)]
+  assert dense[1] / dense[0] > 3.2, dense
+  assert streamed[1] / streamed[0] < 2.3, streamed
+  assert streamed[1] < 0.25 * dense[1], (streamed, dense)
