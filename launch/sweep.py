@@ -54,6 +54,10 @@ def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool):
   if unknown:
     raise spec.SweepError(f"--tpu_stages: unknown {sorted(unknown)}; allowed: "
                           f"{', '.join(STAGES)}")
+  if detach and "delete" in stages:
+    raise spec.SweepError("--tpu_detach returns while the runs are still going, so "
+                          "a delete stage would kill them; delete the VM later "
+                          "with: python -m launch.tpu_vm delete --tpu_name=...")
   vm = tpu_vm.vm_from_flags()
   d = flags.FLAGS.remote_dir
   commands = [tpu_vm.train_command(spec.trainer_flags(config, r.workdir,
@@ -92,6 +96,14 @@ def run_tpu_vm(plan, dry_run: bool) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    _main()
+  except (spec.SweepError, ValueError) as e:  # a mistake in the sweep or flags
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main():
   sweep = spec.load_sweep(_SWEEP.value)
   backend = _BACKEND.value
   root = _ROOT.value or default_root(_SWEEP.value)

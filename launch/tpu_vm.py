@@ -197,7 +197,17 @@ def main(argv):
   if len(argv) < 2 or argv[1] not in ACTIONS:
     raise SystemExit(f"usage: python -m launch.tpu_vm {{{'|'.join(ACTIONS)}}} "
                      "[flags] [-- trainer flags]")
-  action, rest = argv[1], argv[2:]
+  try:
+    cmds = plan(argv[1], argv[2:])
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  sys.exit(execute(cmds, f.dry_run))
+
+
+def plan(action: str, rest: list[str]) -> list[list[str]]:
+  """The commands of one CLI action (``rest``: trainer flags for ``run``)."""
+  f = flags.FLAGS
   vm = vm_from_flags()
   if action == "create":
     cmds = [vm.create()]
@@ -206,7 +216,7 @@ def main(argv):
   elif action == "run":
     check_gcs(f.workdir)
     if not any(a.startswith("--config=") for a in rest):
-      raise SystemExit("run: pass trainer flags after '--', at least "
+      raise ValueError("run: pass trainer flags after '--', at least "
                        "--config=configs/<file>.py")
     command = train_command([*rest, f"--workdir={f.workdir}"], f.remote_dir)
     cmds = [vm.ssh(detached([command]) if f.detach else command)]
@@ -218,7 +228,7 @@ def main(argv):
     cmds = [vm.describe()]
   else:
     cmds = [vm.delete()]
-  sys.exit(execute(cmds, f.dry_run))
+  return cmds
 
 
 if __name__ == "__main__":

@@ -302,6 +302,10 @@ def test_tpu_vm_dry_run_copies_head_without_repo_url_and_detaches(tmp_path):
   assert inner.count("cvlg_jax.main") == 2
   assert "--workdir=gs://b/sw/train.seed=1" in inner
   assert "--config=configs/demo.py:noise=0.2" in inner
+  bad = _run_cli(tmp_path, "launch.sweep", f"--sweep={path}", "--backend=tpu_vm",
+                 "--root=gs://b/sw", "--tpu_stages=run,delete", "--tpu_detach",
+                 "--dry_run")
+  assert bad.returncode != 0 and "would kill them" in bad.stderr
 
 
 def test_tpu_vm_cli_dry_run(tmp_path):
@@ -344,3 +348,32 @@ def test_tpu_vm_backend_executes_in_order_and_always_deletes(tmp_path):
   calls = [json.loads(l) for l in open(record)]
   assert [c[3] for c in calls] == ["create", "ssh", "ssh", "ssh", "delete"]
   assert "loss.name=clip" in calls[2][-1] and "loss.name=psd" in calls[3][-1]
+
+
+def test_local_backend_runs_k_at_a_time_and_reports_failures(tmp_path, monkeypatch):
+  """Stand-in trainers: run #1 fails, the others write a finished run. All
+  three start (the failure stops nothing), at most 2 at once, logs kept."""
+  runs = spec.expand(Sweep("configs/demo.py:tiny", grid(**{
+      "train.seed": [0, 1, 2]})), str(tmp_path))
+  script = (
+      "import json, os, sys, time\n"
+      "w = sys.argv[1]\n"
+      "open(os.path.join(os.path.dirname(w), 'starts'), 'a').write(f'{time.time()} +\\n')\n"
+      "time.sleep(0.5)\n"
+      "open(os.path.join(os.path.dirname(w), 'starts'), 'a').write(f'{time.time()} -\\n')\n"
+      "if w.endswith('seed=1'):\n"
+      "  print('boom'); sys.exit(3)\n"
+      "os.makedirs(os.path.join(w, 'checkpoints', '20'))\n"
+      "open(os.path.join(w, 'metrics.jsonl'), 'w').write(json.dumps({'step': 20}) + '\\n')\n")
+  monkeypatch.setattr(local, "command", lambda config, run: [
+      sys.executable, "-c", script, run.workdir])
+  failed = local.launch("configs/demo.py:tiny", runs, parallel=2, progress=False)
+  assert failed == [runs[1].name]
+  assert "boom" in open(os.path.join(runs[1].workdir, "train.log")).read()
+  assert [local.is_finished(r) for r in runs] == [True, False, True]
+  events = sorted(l.split() for l in open(tmp_path / "starts"))
+  running = peak = 0
+  for _, kind in events:
+    running += 1 if kind == "+" else -1
+    peak = max(peak, running)
+  assert peak == 2 and len(events) == 6

@@ -7,6 +7,8 @@
 PSD's soft targets keep zero-shot accuracy up as more captions are noisy.
 """
 
+from __future__ import annotations
+
 from launch.spec import Sweep, grid
 
 
