@@ -1,37 +1,49 @@
-"""Orbax checkpoints of the whole run: train state + Grain iterator state.
+"""Orbax checkpoints of the whole run: train state, Grain iterator, loop counters.
 
 One composite checkpoint per saved step under ``WORKDIR/checkpoints/<step>``
-with items ``state`` (params, optimizer state, step, RNG — sharded arrays,
-saved asynchronously) and ``data`` (the Grain iterator position). Orbax writes
-each step to a temporary directory and renames it on commit, and prunes old
-steps only after a newer one has committed, so a crash never leaves a
-half-written checkpoint that looks complete.
+with items ``state`` (params, optimizer state, step, RNG: sharded arrays,
+saved asynchronously), ``data`` (the Grain iterator position) and ``meta``
+(host-side loop counters, JSON). Orbax writes each step to a temporary
+directory and renames it on commit, and deletes old steps (``keep``) only in
+the finalize thread after the newer one has committed; a failed save raises
+there before anything is deleted. So a crash never leaves a half-written
+checkpoint that looks complete, and never leaves fewer committed checkpoints
+than before the save.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+UNREADABLE_DIR = "unreadable"
+
+
+class NoReadableCheckpointError(RuntimeError):
+  """Checkpoints exist but none restores: better to stop than to start over."""
+
 
 class Checkpointer:
-  """Saves and restores (state, data iterator) pairs; keeps the last ``keep``
-  plus every ``keep_period``-th step (0 = none kept permanently)."""
+  """Saves and restores (state, data iterator, meta) triples; keeps the last
+  ``keep`` plus every ``keep_period``-th step (0 = none kept permanently)."""
 
   def __init__(self, directory: str, *, keep: int = 3, keep_period: int = 0,
                async_save: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period or None, create=True,
-        enable_async_checkpointing=async_save)
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)  # leftovers of a save cut by a crash
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                           data=grain.checkpoint.CheckpointHandler()))
+                           data=grain.checkpoint.CheckpointHandler(),
+                           meta=ocp.JsonCheckpointHandler()))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -39,36 +51,78 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_iter, *, force: bool = False) -> bool:
+  def save(self, step: int, state, data_iter, meta: dict | None = None, *,
+           force: bool = False) -> bool:
+    """Starts an async save; returns once the arrays are copied off device,
+    so the caller may donate ``state`` to the next step right away."""
     return self._manager.save(
         step, force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iter)))
+                                data=grain.checkpoint.CheckpointSave(data_iter),
+                                meta=ocp.args.JsonSave(dict(meta or {}))))
 
   def restore(self, step: int, abstract_state, data_iter):
-    """Restores ``step`` into ``abstract_state``'s shapes/shardings; moves
-    ``data_iter`` to the saved position in place."""
+    """(state, meta) of ``step`` in ``abstract_state``'s shapes/shardings;
+    moves ``data_iter`` to the saved position in place."""
     restored = self._manager.restore(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iter)))
-    return restored.state
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+            meta=ocp.args.JsonRestore()))
+    return restored.state, dict(restored.meta or {})
 
   def restore_latest(self, abstract_state, data_iter):
-    """(state, step) from the newest readable checkpoint, or (None, None).
+    """(state, meta, step) from the newest readable checkpoint, or
+    (None, {}, None) when there is none at all.
 
     A checkpoint that fails to restore (truncated or missing files) is skipped
-    with a warning and the next older one is tried; it is not deleted, so
-    nothing is lost if the failure was transient.
+    with a warning and the next older one is tried. Once one restores, the
+    unreadable newer ones are moved to ``checkpoints/unreadable/`` (kept for
+    inspection, out of Orbax's way so their steps can be saved again). If
+    checkpoints exist but none restores (e.g. the config no longer matches
+    them), raises instead of silently starting from scratch.
     """
-    for step in reversed(self.all_steps()):
+    steps, failed = self.all_steps(), []
+    for step in reversed(steps):
       try:
-        return self.restore(step, abstract_state, data_iter), step
+        state, meta = self.restore(step, abstract_state, data_iter)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d is unreadable (%s: %s); "
-                        "falling back to an older one.", step,
-                        type(e).__name__, str(e).splitlines()[0][:300])
-    return None, None
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        logging.warning("Checkpoint at step %d is unreadable (%s); falling "
+                        "back to an older one.", step, reason)
+        failed.append((step, reason))
+        continue
+      if failed:
+        self._quarantine([s for s, _ in failed])
+        logging.warning("Restored step %d after %d unreadable newer "
+                        "checkpoint(s) %s.", step, len(failed),
+                        [s for s, _ in failed])
+      return state, meta, step
+    if failed:
+      raise NoReadableCheckpointError(
+          f"none of the {len(failed)} checkpoints in {self.directory} could be "
+          f"restored (newest, step {failed[0][0]}: {failed[0][1]}); move them "
+          "away to start from scratch")
+    return None, {}, None
+
+  def _quarantine(self, steps):
+    if jax.process_index() == 0:
+      target = os.path.join(self.directory, UNREADABLE_DIR)
+      os.makedirs(target, exist_ok=True)
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        dest = os.path.join(target, f"{step}-{stamp}")
+        os.rename(os.path.join(self.directory, str(step)), dest)
+        logging.warning("Moved unreadable checkpoint %d to %s.", step, dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("cvlg_jax:quarantine_checkpoints")
+    self._manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host at the same step once any host got a preemption
+    notice (JAX's preemption sync manager; False when single-process)."""
+    return self._manager.reached_preemption(step)
 
   def wait(self):
     """Blocks until every async save has committed."""

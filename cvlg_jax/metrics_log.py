@@ -38,23 +38,31 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 class MetricsLog:
-  """Appends one JSON object per logged step, and mirrors it to clu."""
+  """Appends one JSON object per logged step, and mirrors it to clu.
 
-  def __init__(self, workdir: str, *, resume_step: int = 0, writer=None):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  ``write_file=False`` (every process but the first, in multi-host runs)
+  only feeds the writer: one process owns the shared file.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, writer=None,
+               write_file: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl") if write_file else None
     self.writer = writer
+    if self.path is None:
+      return
     kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for r in kept:
         f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.path)
+    os.replace(tmp, self.path)  # atomic: a kill here loses no kept line
 
   def write(self, step: int, metrics: dict) -> None:
     row = {"step": int(step), **{k: _jsonable(v) for k, v in sorted(metrics.items())}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-      f.flush()
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
     if self.writer is not None:
       self.writer.write_scalars(int(step), {k: float(np.asarray(v)) for k, v in
                                             metrics.items() if np.ndim(v) == 0})
