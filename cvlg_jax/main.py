@@ -2,10 +2,16 @@
 
 ``--config=file.py:arg`` passes ``arg`` to the file's ``get_config``;
 ``--config.train.steps=100`` overrides any value.
+
+Exit codes: 0 finished or stopped cleanly by SIGTERM/SIGINT (checkpoint
+committed; rerun the same command to resume), 2 invalid config (before
+anything compiles), 3 non-finite loss/gradients (not saved), 4 checkpoints
+exist but none can be restored.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -24,7 +30,7 @@ def _quiet_library_logs():
   def keep(record):
     noisy = ("/orbax/" in record.pathname or "/grain/" in record.pathname
              or "/clu/" in record.pathname)
-    return record.levelno >= logging.WARNING or not noisy
+    return record.levelno >= std_logging.WARNING or not noisy
   # ABSLHandler.handle bypasses its own filters; filter where records land.
   logging.get_absl_handler().python_handler.addFilter(keep)
 
@@ -39,16 +45,24 @@ def main(argv):
   except Exception:  # pylint: disable=broad-except
     pass
   import jax
-  from cvlg_jax import config as config_lib, train
+  from cvlg_jax import checkpointing, config as config_lib, train
   if os.environ.get("CVLG_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   try:
     config_lib.validate(_CONFIG.value, num_devices=jax.device_count())
+    train.run(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
-    logging.error("Invalid config: %s", e)
-    print(f"Invalid config: {e}", file=sys.stderr)
-    sys.exit(2)
-  train.run(_CONFIG.value, _WORKDIR.value)
+    _fail(2, f"Invalid config: {e}")
+  except train.NonFiniteError as e:
+    _fail(3, f"Training stopped: {e}")
+  except checkpointing.NoReadableCheckpointError as e:
+    _fail(4, f"Cannot resume: {e}")
+
+
+def _fail(code: int, message: str):
+  """One line on stderr (not a traceback) and a distinct exit code."""
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 if __name__ == "__main__":

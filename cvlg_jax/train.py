@@ -2,6 +2,16 @@
 
 The state and the compiled step live in ``cvlg_jax.train_step``; they are
 re-exported here (``train.TrainState``, ``train.make_train_step``).
+
+Reliability contract (see README, "Preemption and resume"):
+* SIGTERM/SIGINT (single process) or a JAX preemption sync point (multi-host)
+  finishes the current step, saves it, waits for the commit, and returns.
+* Restarting resumes from the newest readable checkpoint: state, Grain
+  iterator position and loop counters, so the run continues bitwise exactly.
+* A NaN/Inf loss or gradient norm raises :class:`NonFiniteError` before that
+  state can reach a checkpoint, unless ``train.skip_nonfinite_steps`` allows
+  skipping it (the step then reports ``metrics["nonfinite"]`` and leaves the
+  state unchanged).
 """
 
 from __future__ import annotations
@@ -10,7 +20,9 @@ import functools
 import json
 import os
 import signal
+import threading
 import time
+
 import jax
 import numpy as np
 from absl import logging
@@ -21,6 +33,16 @@ from cvlg_jax.evaluation import common as eval_common
 from cvlg_jax.metrics_log import MetricsLog
 from cvlg_jax.train_step import (  # noqa: F401  (re-exported)
     TrainState, build, init_state, make_train_step, normalize_images)
+
+# Token id far outside any vocabulary: the embedding lookup (jnp.take, "fill"
+# mode) returns NaN for it, so a poisoned batch gives a NaN loss and NaN
+# gradients without touching the step's code. Test-only (debug_poison_step).
+_POISON_TOKEN = 2 ** 30
+_TIMING_KEYS = ("steps_per_sec", "examples_per_sec")
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients went NaN/Inf; nothing from that step was saved."""
 
 
 def make_eval_context(model, mesh, param_shardings, tokenizer, image_size,
@@ -49,124 +71,258 @@ def make_eval_context(model, mesh, param_shardings, tokenizer, image_size,
       tokenizer=tokenizer, image_size=image_size, batch_size=chunk)
 
 
-def write_run_record(config, workdir, mesh):
-  """Resolved config and environment, for reproducing the run later."""
-  import importlib.metadata as md
+def _write_json(path, obj):
+  """Atomically (a kill mid-write leaves the old file, not a torn one)."""
+  with open(path + ".tmp", "w") as f:
+    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def _git(*args):
   import subprocess
+  try:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def write_run_record(config, workdir, mesh, *, resumed_from: int | None = None):
+  """``config.json`` (resolved) and ``run_info.json`` (code, versions, devices),
+  for reproducing the run later. Rewritten at every (re)start."""
+  import importlib.metadata as md
+  import sys
   from cvlg_jax import __version__
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  _write_json(os.path.join(workdir, "config.json"),
+              config.to_json_best_effort(indent=2, sort_keys=True))
   versions = {}
   for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
-              "ml_collections", "clu", "numpy"):
+              "ml_collections", "clu", "numpy", "tensorflow", "tensorflow-cpu"):
     try:
       versions[pkg] = md.version(pkg)
     except md.PackageNotFoundError:
       versions[pkg] = None
-  try:
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    commit = None
-  record = dict(cvlg_jax=__version__, git_commit=commit, versions=versions,
+  commit = _git("rev-parse", "HEAD")
+  dirty = _git("status", "--porcelain", "--untracked-files=no")
+  record = dict(cvlg_jax=__version__, git_commit=commit,
+                git_dirty=None if dirty is None else bool(dirty),
+                versions=versions, python=sys.version.split()[0], argv=sys.argv,
                 devices=[str(d) for d in jax.devices()],
+                device_kind=jax.devices()[0].device_kind,
                 process_count=jax.process_count(),
-                mesh={k: int(v) for k, v in mesh.shape.items()})
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump(record, f, indent=2)
+                mesh={k: int(v) for k, v in mesh.shape.items()},
+                resumed_from_step=resumed_from,
+                started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+  _write_json(os.path.join(workdir, "run_info.json"), record)
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step.
 
-  def __init__(self):
+  A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt: the user insists.
+  Not installed with several processes, where JAX's preemption notifier owns
+  SIGTERM and the loop polls its sync point instead (``reached_preemption``),
+  and not off the main thread, where Python cannot install handlers.
+  """
+
+  def __init__(self, enabled: bool = True):
     self.signal = None
+    self._enabled = enabled and threading.current_thread() is threading.main_thread()
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
+    if self._enabled:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signal = signal.Signals(signum).name
+    if self.signal and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = self.signal or signal.Signals(signum).name
+    logging.warning("Received %s: stopping after the current step.",
+                    signal.Signals(signum).name)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
+def nonfinite_quantities(metrics) -> list[str]:
+  """Names among loss / grad_norm whose (host) values are NaN or Inf."""
+  return [k for k in ("loss", "grad_norm")
+          if k in metrics and not np.all(np.isfinite(metrics[k]))]
+
+
+class _NonFiniteGuard:
+  """Checks each step's loss and gradient norm for NaN/Inf.
+
+  ``check`` runs one step late (after the next step is dispatched) so the host
+  never waits for the device, and always before anything of that step is
+  logged, evaluated or saved. A bad step raises unless the skip budget allows
+  it and the step reports ``nonfinite`` (it then left the state unchanged).
+  """
+
+  def __init__(self, max_skips: int, skipped: int = 0):
+    self.max_skips, self.skipped = max_skips, skipped
+
+  def check(self, step: int, metrics) -> None:
+    keys = [k for k in ("loss", "grad_norm", "nonfinite") if k in metrics]
+    host = jax.device_get({k: metrics[k] for k in keys})
+    bad = nonfinite_quantities(host)
+    flagged = bool(host["nonfinite"]) if "nonfinite" in host else bool(bad)
+    if not flagged:
+      return
+    what = ", ".join(f"{k}={float(host[k])}" for k in bad) or "metrics['nonfinite']"
+    if "nonfinite" in host and self.skipped < self.max_skips:
+      self.skipped += 1
+      logging.warning("Non-finite %s at step %d: update skipped (%d of at most "
+                      "%d).", what, step, self.skipped, self.max_skips)
+      return
+    budget = (f"more than train.skip_nonfinite_steps={self.max_skips} such steps"
+              if self.max_skips else "set train.skip_nonfinite_steps=N to skip "
+              "up to N such steps instead")
+    raise NonFiniteError(f"non-finite {what} at step {step}; stopped without "
+                         f"saving this state ({budget})")
+
+
+def _check_skip_support(train_step, state, config):
+  """skip_nonfinite_steps needs the step to report (and undo) bad updates;
+  checked by tracing only, before anything compiles."""
+  b, s, n = config.train.batch_size, config.data.image_size, config.data.context_length
+  batch = dict(image=jax.ShapeDtypeStruct((b, s, s, 3), np.uint8),
+               tokens=jax.ShapeDtypeStruct((b, n), np.int32))
+  _, metrics = jax.eval_shape(train_step, state, batch)
+  if "nonfinite" not in metrics:
+    raise config_lib.ConfigError(
+        f"config.train.skip_nonfinite_steps={config.train.skip_nonfinite_steps} "
+        "needs a train step that reports metrics['nonfinite'] and leaves the "
+        "state unchanged on such steps; this one does not (use 0)")
+
+
+def _poison(batch):
+  return dict(batch, tokens=np.full_like(batch["tokens"], _POISON_TOKEN))
+
+
 def run(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in ``workdir``); returns the
-  last logged metrics."""
+  last logged metrics. Raises NonFiniteError on a NaN/Inf step."""
   config_lib.validate(config, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh)
-  tokenizer, model, tx, schedule = build(config)
-  state, state_shardings = init_state(config, model, tx, mesh)
-  data_iter = iter(pipeline.train_dataset(config, tokenizer))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    keep=config.train.keep_checkpoints)
-  restored, start = ckpt.restore_latest(
+  multi = jax.process_count() > 1
+  with _StopRequest(enabled=not multi) as stop:
+    mesh = sharding.make_mesh(config.mesh)
+    tokenizer, model, tx, schedule = build(config)
+    state, state_shardings = init_state(config, model, tx, mesh)
+    train_step = make_train_step(config, model, tx, schedule, mesh, state_shardings)
+    if config.train.skip_nonfinite_steps:
+      _check_skip_support(train_step, state, config)
+    data_iter = iter(pipeline.train_dataset(config, tokenizer))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      keep=config.train.keep_checkpoints)
+    try:
+      return _loop(config, workdir, mesh, model, tokenizer, state,
+                   state_shardings, train_step, data_iter, ckpt, stop)
+    except NonFiniteError as e:
+      ckpt.wait()
+      raise NonFiniteError(f"{e}; the latest checkpoint is step "
+                           f"{ckpt.latest_step()}") from None
+    finally:
+      ckpt.close()  # waits for the last async save to commit
+      if hasattr(data_iter, "close"):
+        data_iter.close()
+
+
+def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
+          train_step, data_iter, ckpt, stop) -> dict:
+  restored, meta, start = ckpt.restore_latest(
       checkpointing.abstract_like(state, state_shardings), data_iter)
   if restored is not None:
     state = restored
     logging.info("Resumed from checkpoint at step %d.", start)
   start = start or 0
-  if jax.process_index() == 0:
-    write_run_record(config, workdir, mesh)
+  lead = jax.process_index() == 0
+  if lead:
+    write_run_record(config, workdir, mesh, resumed_from=start or None)
   from clu import metric_writers
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  log = MetricsLog(workdir, resume_step=start, writer=writer)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
+  log = MetricsLog(workdir, resume_step=start, writer=writer, write_file=lead)
 
-  train_step = make_train_step(config, model, tx, schedule, mesh, state_shardings)
   ctx = make_eval_context(model, mesh, state_shardings.params, tokenizer,
                           config.data.image_size, config.train.batch_size)
-  evaluators = {name: eval_common.build(cfg, ctx) for name, cfg in config.eval.items()}
+  evaluators, skipped_evals = eval_common.build_all(config.eval, ctx)
+  for name, reason in skipped_evals.items():
+    logging.warning("Evaluator %s skipped: %s", name, reason)
 
-  def evaluate(step):
-    out = {}
-    for name, ev in evaluators.items():
-      every = config.eval[name].get("every", config.train.eval_every)
-      if step % every == 0 or step == config.train.steps:
-        out.update({f"{name}/{k}": v for k, v in ev.run(state.params).items()})
-    return out
+  tc = config.train
+  total, batch_size = tc.steps, tc.batch_size
+  guard = _NonFiniteGuard(tc.skip_nonfinite_steps, meta.get("skipped_nonfinite", 0))
+  data_skipped = meta.get("data_skipped")  # running per-reason sums (real data)
+  debug_signal = getattr(signal, tc.debug_signal)
+  last, pending, t0, t_step = {}, None, time.time(), start
+  if start >= total:
+    logging.info("Checkpoint step %d >= train.steps=%d: nothing to do.", start, total)
+  for step in range(start + 1, total + 1):
+    batch = next(data_iter)
+    skipped = batch.pop("skipped", None)
+    if skipped is not None:
+      counts = np.asarray(skipped).reshape(-1, np.shape(skipped)[-1]).sum(0)
+      data_skipped = (counts if data_skipped is None
+                      else np.asarray(data_skipped) + counts).tolist()
+    if step == tc.debug_poison_step:
+      batch = _poison(batch)
+    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+    if step == tc.debug_signal_at_step:
+      os.kill(os.getpid(), debug_signal)  # test-only: "arrives mid-step"
+    if pending is not None:
+      guard.check(*pending)  # the previous step, long finished on device
+    pending = (step, metrics)
 
-  total, batch = config.train.steps, config.train.batch_size
-  last, t0, t_step = {}, time.time(), start
-  with _StopRequest() as stop:
-    for step in range(start + 1, total + 1):
-      state, metrics = train_step(state, sharding.shard_batch(next(data_iter), mesh))
-      row = {}
-      if step % config.train.log_every == 0 or step == total:
-        row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        dt = time.time() - t0
-        rate = (step - t_step) / max(dt, 1e-9)
-        row.update(steps_per_sec=rate, examples_per_sec=rate * batch)
-        logging.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
-                     step, total, row["loss"], rate, rate * batch,
-                     time.strftime("%H:%M:%S", time.gmtime((total - step) / max(rate, 1e-9))))
-        t0, t_step = time.time(), step
-      if config.eval and (step % config.train.eval_every == 0 or step == total):
-        results = evaluate(step)
-        logging.info("eval at step %d: %s", step, ", ".join(
-            f"{k}={v:.4f}" for k, v in sorted(results.items())))
-        row.update(results)
-        t0 = time.time()  # evaluation time is not training throughput
-      if row:
-        log.write(step, row)
-        last = row
-      if step % config.train.checkpoint_every == 0 or step == total or stop.signal:
-        ckpt.save(step, state, data_iter, force=True)
-      if stop.signal:
-        logging.warning("Received %s: saved checkpoint at step %d; exiting.",
-                        stop.signal, step)
-        break
-  ckpt.close()
+    preempted = stop.signal is not None or (
+        jax.process_count() > 1 and ckpt.reached_preemption(step))
+    log_now = step % tc.log_every == 0 or step == total
+    eval_now = [n for n in evaluators if not preempted and eval_common.due(
+        config.eval, n, step, default_every=tc.eval_every, last_step=total)]
+    save_now = step % tc.checkpoint_every == 0 or step == total or preempted
+    if not (log_now or eval_now or save_now):
+      continue
+    guard.check(*pending)  # nothing of a bad step may be logged or saved
+    pending = None
+    row = {}
+    if log_now:
+      row = {k: float(v) for k, v in jax.device_get(metrics).items()
+             if k != "nonfinite"}
+      rate = (step - t_step) / max(time.time() - t0, 1e-9)
+      row.update(steps_per_sec=rate, examples_per_sec=rate * batch_size)
+      if tc.skip_nonfinite_steps:
+        row["skipped_nonfinite"] = guard.skipped
+      if data_skipped is not None:
+        from cvlg_jax.data.skipping import skip_metrics
+        row.update(skip_metrics(np.asarray(data_skipped)))
+      logging.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
+                   step, total, row["loss"], rate, rate * batch_size,
+                   time.strftime("%H:%M:%S", time.gmtime((total - step) / max(rate, 1e-9))))
+      t0, t_step = time.time(), step
+    if eval_now:
+      results = eval_common.run_all({n: evaluators[n] for n in eval_now}, state.params)
+      logging.info("eval at step %d: %s", step, ", ".join(
+          f"{k}={v:.4f}" for k, v in sorted(results.items())))
+      row.update(results)
+      t0 = time.time()  # evaluation time is not training throughput
+    if row:
+      log.write(step, row)
+      last = row
+    if save_now:
+      ckpt.save(step, state, data_iter, force=True,
+                meta=dict(skipped_nonfinite=guard.skipped, data_skipped=data_skipped))
+    if preempted:
+      ckpt.wait()
+      reason = stop.signal or "a preemption notice"
+      logging.warning("Stopped by %s after step %d/%d: checkpoint %d is "
+                      "committed; rerun the same command to resume.",
+                      reason, step, total, step)
+      break
   log.flush()
-  if hasattr(data_iter, "close"):
-    data_iter.close()
   return last
