@@ -1,0 +1,233 @@
+"""Config validation: every mistake is one line naming the key and what is
+allowed, raised before anything compiles (in-process cases + one run of main)."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from cvlg_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import demo  # noqa: E402
+
+DEVICES = 8
+
+
+def _replace(config, path, value):
+  """Sets ``path`` bypassing ConfigDict's type safety (as a hand-built dict
+  or a replaced group would)."""
+  d = config.to_dict()
+  *groups, key = path.split(".")
+  node = d
+  for g in groups:
+    node = node[g]
+  node[key] = value
+  return ml_collections.ConfigDict(d)
+
+
+def _set(config, path, value):
+  node = config
+  *groups, key = path.split(".")
+  for g in groups:
+    node = node[g]
+  node[key] = value
+  return config
+
+
+def _error(config, num_devices=DEVICES) -> str:
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(config, num_devices=num_devices)
+  message = str(e.value)
+  assert "\n" not in message and message.startswith("config."), message
+  return message
+
+
+@pytest.mark.parametrize("arg", ["", "tiny", "clip", "noise=0.2,tiny"])
+def test_demo_configs_are_valid(arg):
+  config_lib.validate(demo.get_config(arg), num_devices=DEVICES)
+  config_lib.validate(demo.get_config(arg), num_devices=None)
+
+
+def test_unknown_keys_list_the_allowed_ones():
+  c = demo.get_config("tiny")
+  c.train.stepz = 10
+  msg = _error(c)
+  assert msg.startswith("config.train.stepz: unknown key; allowed here: ")
+  assert "steps" in msg and "batch_size" in msg and "skip_nonfinite_steps" in msg
+  c = demo.get_config("tiny")
+  c.optimizer = dict(lr=1.0)
+  msg = _error(c)
+  assert msg.startswith("config.optimizer: unknown key; allowed here: ")
+  assert "optim" in msg and "model" in msg
+
+
+def test_missing_key_of_a_replaced_group():
+  c = demo.get_config("tiny")
+  c.train = dict(steps=10, batch_size=32)  # the rest of the group is gone
+  msg = _error(c)
+  assert msg.startswith("config.train.") and "missing" in msg
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    ("train.steps", "100", "config.train.steps: expected int, got str '100'"),
+    ("train.steps", 10.5, "config.train.steps: expected int, got float 10.5"),
+    ("train.steps", True, "config.train.steps: expected int, got bool True"),
+    ("model.remat", 1, "config.model.remat: expected bool, got int 1"),
+    ("optim.learning_rate", "1e-3",
+     "config.optim.learning_rate: expected float, got str '1e-3'"),
+    ("loss.psd.alpha_final", [0.5],
+     "config.loss.psd.alpha_final: expected float, got list [0.5]"),
+    ("model", "tiny", "config.model: must be a group, got 'tiny'"),
+])
+def test_wrong_types(path, value, expected):
+  assert _error(_replace(demo.get_config("tiny"), path, value)) == expected
+
+
+def test_int_where_float_expected_is_fine():
+  c = _replace(demo.get_config("tiny"), "optim.learning_rate", 1)
+  config_lib.validate(c, num_devices=DEVICES)
+
+
+def test_batch_not_divisible_by_data_parallel_devices():
+  c = demo.get_config("tiny")
+  c.train.batch_size = 12
+  assert _error(c) == ("config.train.batch_size=12 is not divisible by the 8 "
+                       "devices the batch is split over (mesh data=8 x fsdp=1)")
+  c.mesh.data, c.mesh.fsdp = 2, 4  # the batch is split over data x fsdp
+  assert "by the 8 devices" in _error(c)
+  c.train.batch_size = 16
+  config_lib.validate(c, num_devices=DEVICES)
+
+
+@pytest.mark.parametrize("data,fsdp,expected", [
+    (3, 1, "config.mesh: data=3 x fsdp=1 = 3 does not match the 8 available devices"),
+    (-1, 3, "config.mesh: 8 devices are not divisible by the fixed mesh size 3"),
+    (-1, -1, "config.mesh: at most one of mesh.data, mesh.fsdp may be -1"),
+    (0, 8, "config.mesh.data=0 must be a positive size or -1"),
+])
+def test_mesh_must_match_device_count(data, fsdp, expected):
+  c = demo.get_config("tiny")
+  c.mesh.data, c.mesh.fsdp = data, fsdp
+  msg = _error(c)
+  assert msg.startswith(expected), msg
+  assert msg.endswith("allowed: sizes whose product is 8, one of them may be "
+                      "-1 (= the rest)")
+
+
+def test_mesh_is_checked_against_the_actual_device_count():
+  c = demo.get_config("tiny")
+  c.mesh.data, c.mesh.fsdp = 4, 2
+  config_lib.validate(c, num_devices=8)
+  assert "does not match the 4 available devices" in _error(c, num_devices=4)
+
+
+@pytest.mark.parametrize("path,value", [
+    ("loss.psd.alpha_final", 1.5), ("loss.psd.alpha_final", -0.1),
+    ("loss.psd.subset_fraction", 1.01), ("loss.psd.subset_fraction", -1.0),
+    ("loss.psd.ema_decay", 2.0), ("data.caption_noise", 1.5),
+])
+def test_fractions_outside_unit_interval(path, value):
+  c = _set(demo.get_config("tiny"), path, value)
+  assert _error(c) == f"config.{path}={value} must be in [0.0, 1.0]"
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_fraction_bounds_are_inclusive(value):
+  c = demo.get_config("tiny")
+  c.loss.psd.alpha_final = value
+  c.loss.psd.subset_fraction = value
+  config_lib.validate(c, num_devices=DEVICES)
+
+
+def test_missing_data_paths(tmp_path):
+  c = demo.get_config("tiny")
+  c.data.source, c.data.data_dir = "arrayrecord", str(tmp_path / "nowhere")
+  msg = _error(c)
+  assert msg.startswith(f"config.data.data_dir='{tmp_path / 'nowhere'}': ")
+  assert "no ArrayRecord shards" in msg and "a directory of shards, a glob" in msg
+  c.data.data_dir = str(tmp_path)  # exists, but holds no shard
+  assert "no ArrayRecord shards" in _error(c)
+
+  c = demo.get_config("tiny")
+  c.data.source, c.data.tfds_name = "tfds", ""
+  assert _error(c) == "config.data.tfds_name must be set for data.source='tfds'"
+  c.data.tfds_name, c.data.data_dir = "cifar10", str(tmp_path / "tfds_missing")
+  assert _error(c).startswith(
+      f"config.data.data_dir='{tmp_path / 'tfds_missing'}' does not exist")
+
+  for tokenizer in ("clip_bpe", "sentencepiece"):
+    c = demo.get_config("tiny")
+    c.data.tokenizer, c.data.tokenizer_path = tokenizer, str(tmp_path / "vocab")
+    assert _error(c) == (f"config.data.tokenizer_path='{tmp_path / 'vocab'}' "
+                         f"does not exist (needed by data.tokenizer='{tokenizer}')")
+
+
+@pytest.mark.parametrize("path,value,allowed", [
+    ("model.name", "vit_z99", "tiny"),
+    ("model.dtype", "float8", "float32, bfloat16"),
+    ("loss.name", "infonce", "clip, psd"),
+    ("data.tokenizer", "gpt2", "builtin, clip_bpe, sentencepiece"),
+    ("data.source", "webdataset", "synthetic, arrayrecord, tfds"),
+    ("loss.psd.teacher", "momentum", "self, ema"),
+    ("loss.psd.subset", "half", "random, all"),
+    ("loss.psd.ramp_unit", "hour", "step, epoch"),
+    ("train.debug_signal", "SIGHUP", "SIGTERM, SIGINT, SIGKILL"),
+])
+def test_unknown_names_list_allowed_values(path, value, allowed):
+  c = _set(demo.get_config("tiny"), path, value)
+  msg = _error(c)
+  assert msg.startswith(f"config.{path}={value!r} is not allowed; allowed: "), msg
+  assert allowed in msg
+
+
+def test_unknown_evaluator_type_and_entry_without_type():
+  c = demo.get_config("tiny")
+  c.eval.synthetic.type = "imagenet_magic"
+  msg = _error(c)
+  assert msg.startswith("config.eval.synthetic.type='imagenet_magic' is not "
+                        "allowed; allowed: ")
+  assert "synthetic" in msg and "zeroshot" in msg and "retrieval" in msg
+  c = demo.get_config("tiny")
+  c.eval.extra = dict(every=5)
+  assert _error(c) == "config.eval.extra must be a group with a 'type' key"
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    ("train.steps", 0, "config.train.steps=0 must be > 0"),
+    ("train.batch_size", -8, "config.train.batch_size=-8 must be > 0"),
+    ("train.checkpoint_every", 0, "config.train.checkpoint_every=0 must be > 0"),
+    ("train.keep_checkpoints", 0, "config.train.keep_checkpoints=0 must be > 0"),
+    ("train.skip_nonfinite_steps", -1,
+     "config.train.skip_nonfinite_steps=-1 must be >= 0 (0 = off)"),
+    ("train.debug_poison_step", -3,
+     "config.train.debug_poison_step=-3 must be >= 0 (0 = off)"),
+    ("loss.psd.ramp_steps", 0,
+     "config.loss.psd.ramp_steps=0 must be > 0, or -1 for all training steps"),
+    ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1 must be >= 0"),
+])
+def test_impossible_values(path, value, expected):
+  c = _set(demo.get_config("tiny"), path, value)
+  assert _error(c) == expected
+
+
+def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path):
+  """Exit code 2, a single line on stderr, no traceback, no XLA compile and
+  no workdir: nothing started."""
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
+  out = subprocess.run(
+      [sys.executable, "-m", "cvlg_jax.main", "--config=configs/demo.py:tiny",
+       f"--workdir={workdir}", "--config.loss.psd.subset_fraction=1.5"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if "Invalid config" in l]
+  assert lines == ["Invalid config: config.loss.psd.subset_fraction=1.5 must be "
+                   "in [0.0, 1.0]"], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert "Compiling" not in out.stderr, out.stderr[-3000:]
+  assert not workdir.exists()

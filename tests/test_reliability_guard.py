@@ -1,0 +1,169 @@
+"""Non-finite guard, the reproducibility record and the stop signal handler.
+
+End to end through ``python -m cvlg_jax.main`` with the test-only
+``train.debug_poison_step`` knob (that step's tokens are out of vocabulary, so
+the embedding lookup gives NaN and the loss and gradients are NaN), plus
+in-process checks of the guard's decisions and messages.
+"""
+
+import importlib.metadata as md
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import cvlg_jax
+from cvlg_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = f"""
+import sys
+sys.path.insert(0, {REPO!r})
+from configs import demo
+
+def get_config(arg=None):
+  c = demo.get_config("tiny")
+  c.eval = {{}}
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 20, 5, 5
+  return c
+"""
+
+
+@pytest.fixture(scope="module")
+def run_main(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reliability_guard")
+  (root / "tiny_noeval.py").write_text(CONFIG)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+  def run(workdir, *flags):
+    return subprocess.run(
+        [sys.executable, "-m", "cvlg_jax.main", f"--config={root / 'tiny_noeval.py'}",
+         f"--workdir={workdir}", *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  return run
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def poisoned_run(run_main, tmp_path_factory):
+  """NaN at step 10, which is also a log and a checkpoint step: the check
+  must come before both."""
+  workdir = tmp_path_factory.mktemp("poisoned")
+  return workdir, run_main(workdir, "--config.train.debug_poison_step=10")
+
+
+def test_nan_stops_the_run_without_saving_that_state(poisoned_run):
+  workdir, out = poisoned_run
+  assert out.returncode == 3, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("Training stopped:")]
+  assert lines == [
+      "Training stopped: non-finite loss=nan, grad_norm=nan at step 10; stopped "
+      "without saving this state (set train.skip_nonfinite_steps=N to skip up "
+      "to N such steps instead); the latest checkpoint is step 5"], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert os.listdir(workdir / "checkpoints") == ["5"]  # no 10, not even a tmp dir
+  rows = _rows(workdir)
+  assert [r["step"] for r in rows] == [5] and np.isfinite(rows[0]["loss"])
+
+
+def test_run_record_holds_config_code_versions_and_devices(poisoned_run):
+  workdir, _ = poisoned_run
+  config = json.load(open(workdir / "config.json"))
+  assert config["train"]["debug_poison_step"] == 10  # the override, resolved
+  assert config["model"]["name"] == "tiny" and config["eval"] == {}
+  assert config["loss"]["psd"]["alpha_final"] == 0.5
+  info = json.load(open(workdir / "run_info.json"))
+  assert info["cvlg_jax"] == cvlg_jax.__version__
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                        text=True).stdout.strip()
+  if head:
+    assert info["git_commit"] == head and isinstance(info["git_dirty"], bool)
+  for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain"):
+    assert info["versions"][pkg] == md.version(pkg), pkg
+  assert len(info["devices"]) == 8 and info["device_kind"] == "cpu"
+  assert info["process_count"] == 1 and info["mesh"] == {"data": 8, "fsdp": 1}
+  assert "--config.train.debug_poison_step=10" in info["argv"]
+  assert info["resumed_from_step"] is None
+
+
+def test_skip_nonfinite_steps_skips_the_bad_update(run_main, tmp_path):
+  workdir = tmp_path / "run"
+  out = run_main(workdir, "--config.train.debug_poison_step=7",
+                 "--config.train.skip_nonfinite_steps=1")
+  if out.returncode == 2 and "needs a train step that reports" in out.stderr:
+    pytest.skip("train_step does not yet return metrics['nonfinite'] (and keep "
+                "the state on such steps), which skipping needs")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert ("Non-finite loss=nan, grad_norm=nan at step 7: update skipped "
+          "(1 of at most 1).") in out.stderr
+  rows = _rows(workdir)
+  assert [(r["step"], r["skipped_nonfinite"]) for r in rows] == [
+      (5, 0), (10, 1), (15, 1), (20, 1)]
+  assert all(np.isfinite(r["loss"]) for r in rows)  # a NaN update would stick
+  state = ocp.StandardCheckpointer().restore(str(workdir / "checkpoints/20/state"))
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(state["params"]))
+
+
+# ---- The guard's decisions, in-process. ----
+
+def test_guard_passes_finite_steps():
+  guard = train._NonFiniteGuard(max_skips=0)
+  guard.check(3, {"loss": np.float32(2.0), "grad_norm": np.float32(1e30)})
+  assert guard.skipped == 0
+
+
+def test_guard_names_the_quantity_that_went_bad():
+  guard = train._NonFiniteGuard(max_skips=0)
+  with pytest.raises(train.NonFiniteError, match=r"^non-finite grad_norm=inf at step 12;"):
+    guard.check(12, {"loss": np.float32(2.0), "grad_norm": np.float32(np.inf)})
+  with pytest.raises(train.NonFiniteError, match=r"^non-finite loss=-inf at step 4;"):
+    guard.check(4, {"loss": np.float32(-np.inf), "grad_norm": np.float32(1.0)})
+  assert train.nonfinite_quantities({"loss": np.nan, "grad_norm": np.nan}) == [
+      "loss", "grad_norm"]
+
+
+def test_guard_skips_only_within_budget_and_only_if_the_step_undid_the_update():
+  guard = train._NonFiniteGuard(max_skips=2, skipped=1)  # one skipped before a resume
+  bad = {"loss": np.float32(np.nan), "grad_norm": np.float32(np.nan),
+         "nonfinite": np.bool_(True)}
+  guard.check(8, bad)
+  assert guard.skipped == 2
+  with pytest.raises(train.NonFiniteError,
+                     match=r"at step 9; .*more than train.skip_nonfinite_steps=2"):
+    guard.check(9, bad)
+  # A step that does not report `nonfinite` applied the bad update: never skip.
+  with pytest.raises(train.NonFiniteError, match="at step 3"):
+    train._NonFiniteGuard(max_skips=5).check(3, {"loss": np.float32(np.nan)})
+  # The step's own flag counts even when loss and grad_norm look finite.
+  guard = train._NonFiniteGuard(max_skips=1)
+  guard.check(2, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0),
+                  "nonfinite": np.bool_(True)})
+  assert guard.skipped == 1
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_stop_request_turns_signals_into_a_flag_and_restores_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with train._StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.signal == "SIGTERM"
+    os.kill(os.getpid(), signal.SIGTERM)  # repeated: still just the flag
+    with pytest.raises(KeyboardInterrupt):  # but Ctrl-C after a stop insists
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGTERM) is before
