@@ -1,10 +1,13 @@
 """Every sharding decision lives here: the mesh, batch and parameter layouts.
 
 The mesh has axes ("data", "fsdp"). The batch is split over both; parameters
-(and optimizer state, which mirrors them) are replicated over "data" and, when
-``mesh.fsdp > 1``, split over "fsdp" along their largest evenly divisible
-dimension — big_vision's simple FSDP rule, which needs no per-layer
-annotations and lets XLA insert the all-gathers.
+are replicated over "data" and, when ``mesh.fsdp > 1``, split over "fsdp"
+(FSDP: XLA all-gathers each weight where it is used and reduce-scatters its
+gradient). One set of partition rules lays out the whole train state: each
+array's leaf path (the same for a param, its Adam moments and its EMA copy)
+gives *logical* names to its dimensions (``PARAM_AXES``) and
+``LOGICAL_TO_MESH`` maps those names to mesh axes. Arrays no rule names fall
+back to big_vision's rule, the largest evenly divisible dimension.
 
 Axes are ``AxisType.Auto`` (GSPMD propagation) rather than the Explicit
 default of ``jax.make_mesh``: the models stay sharding-agnostic and only the
@@ -14,6 +17,7 @@ jit boundaries and the loss's ``shard_map`` name layouts.
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -63,23 +67,59 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def param_spec(shape, fsdp_size: int) -> P:
-  """FSDP rule: shard the largest dimension divisible by the fsdp size."""
-  if fsdp_size <= 1 or math.prod(shape) < FSDP_MIN_SIZE:
+# Leaf-path regex (searched in "a/b/c" paths) -> logical name per dimension.
+PARAM_AXES = (
+    (r"attn/(query|key|value)/kernel$", ("embed", "heads", "head_dim")),
+    (r"attn/out/kernel$", ("heads", "head_dim", "embed")),
+    (r"mlp/fc1/kernel$", ("embed", "mlp")),
+    (r"mlp/fc2/kernel$", ("mlp", "embed")),
+    (r"token_embedding/embedding$", ("vocab", "embed")),
+    (r"proj/kernel$", ("embed", "proj")),   # image/text proj, attention pool
+    (r"(conv\w*|patch_embed)/kernel$", ("kh", "kw", "conv_in", "conv_out")),
+)
+# Logical name -> mesh axis (unlisted names stay unsplit). Dimensions are
+# tried left to right; each mesh axis splits at most one that it divides.
+LOGICAL_TO_MESH = {"embed": "fsdp", "mlp": "fsdp", "vocab": "fsdp",
+                   "proj": "fsdp", "conv_out": "fsdp"}
+
+
+def logical_axes(path: str, ndim: int):
+  """Logical dimension names of the array at leaf ``path``, or None."""
+  for pattern, names in PARAM_AXES:
+    if re.search(pattern, path) and len(names) == ndim:
+      return names
+  return None
+
+
+def param_spec(path: str, shape, mesh_shape) -> P:
+  """PartitionSpec of one train-state array under the rules above."""
+  fsdp = mesh_shape.get("fsdp", 1)
+  if fsdp <= 1 or math.prod(shape) < FSDP_MIN_SIZE:
     return P()
-  for dim in np.argsort(shape)[::-1]:
-    if shape[dim] % fsdp_size == 0:
-      spec = [None] * len(shape)
-      spec[dim] = "fsdp"
-      return P(*spec)
-  return P()
+  names = logical_axes(path, len(shape))
+  spec, used = [None] * len(shape), set()
+  if names is None:  # big_vision's rule: the largest dimension that divides
+    for dim in np.argsort(shape, kind="stable")[::-1]:
+      if shape[dim] % fsdp == 0:
+        spec[dim] = "fsdp"
+        break
+    return P(*spec)
+  for dim, name in enumerate(names):
+    axis = LOGICAL_TO_MESH.get(name)
+    if axis and axis not in used and shape[dim] % mesh_shape[axis] == 0:
+      spec[dim] = axis
+      used.add(axis)
+  return P(*spec)
 
 
 def state_shardings(mesh: Mesh, abstract_state):
   """Shardings for a pytree of arrays (params, optimizer state, ...)."""
-  fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp)), abstract_state)
+  shape = dict(mesh.shape)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, param_spec(
+          jax.tree_util.keystr(path, simple=True, separator="/"),
+          np.shape(x), shape)),
+      abstract_state)
 
 
 def shard_batch(batch, mesh: Mesh):

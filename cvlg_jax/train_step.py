@@ -2,7 +2,9 @@
 
 ``train_step(state, batch) -> (state, metrics)`` is compiled once with explicit
 in/out shardings over the mesh and a donated state; nothing in it touches the
-host, so the loop (``cvlg_jax.train``) stays a thin driver.
+host, so the loop (``cvlg_jax.train``) stays a thin driver. The step always
+takes the full global batch; gradient accumulation (``train.grad_accum_steps``)
+happens inside it, so the contrastive loss still sees every pair.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cvlg_jax import losses, sharding
 from cvlg_jax.data import pipeline
 from cvlg_jax.data.tokenizers import get_tokenizer
 from cvlg_jax.data.transforms import CLIP_MEAN, CLIP_STD
+from cvlg_jax.models.clip import logit_bias
 from cvlg_jax.models.registry import build_model
 from cvlg_jax.optim import make_optimizer
 
@@ -35,13 +39,23 @@ def normalize_images(images):
   return (images.astype(jnp.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
+def loss_kind(config) -> str:
+  return "sigmoid" if config.loss.name.startswith("siglip") else "softmax"
+
+
+def distills(config) -> bool:
+  """PSD soft targets on (psd, siglip_psd) or plain contrastive (clip, siglip)."""
+  return config.loss.name in ("psd", "siglip_psd")
+
+
 def build(config):
   """Tokenizer, model and optimizer from config (no arrays created)."""
   data = config.data
   tokenizer = get_tokenizer(data.tokenizer, context_length=data.context_length,
                             vocab_size=data.vocab_size, path=data.tokenizer_path)
   model = build_model(config.model.name, vocab_size=tokenizer.vocab_size,
-                      dtype=config.model.dtype, remat=config.model.remat)
+                      dtype=config.model.dtype, remat=config.model.remat,
+                      sigmoid=loss_kind(config) == "sigmoid")
   tx, schedule = make_optimizer(config.optim, config.train.steps)
   return tokenizer, model, tx, schedule
 
@@ -49,7 +63,7 @@ def build(config):
 def init_state(config, model, tx, mesh):
   """Initialises the state directly in its target shardings; returns both."""
   s, length = config.data.image_size, config.data.context_length
-  ema = config.loss.name == "psd" and config.loss.psd.teacher == "ema"
+  ema = distills(config) and config.loss.psd.teacher == "ema"
 
   def init(rng):
     params = model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, s, s, 3)),
@@ -64,23 +78,104 @@ def init_state(config, model, tx, mesh):
   return state, shardings
 
 
+def _micro_split(x, k, mesh):
+  """[N, ...] -> [k, N/k, ...]; micro-batch j is rows j, j+k, j+2k, ...
+
+  Strided rather than contiguous so each micro-batch has rows on every device
+  (rows are laid out device by device) and the split moves no data.
+  """
+  x = jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+
+
+def _micro_merge(x):
+  """Inverse of :func:`_micro_split`: back to the original row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_grad_fn(model, loss_fn, accum_steps, mesh):
+  """``grad_fn(params, images, tokens, loss_args) -> ((loss, metrics), grads)``.
+
+  ``loss_args`` = (alpha, mask, temperature, teacher). With ``accum_steps`` k
+  > 1 the batch is processed in k micro-batches, as open_clip accumulates:
+  pass 1 embeds every micro-batch without gradients; the loss and the
+  gradient of its own parameters (logit scale / bias) come from those cached
+  embeddings; pass 2 re-embeds each micro-batch with gradients and
+  differentiates the full-batch loss with only that micro-batch's rows live.
+  The sum is the full-batch gradient, with activation memory of one
+  micro-batch. (open_clip's version adds the logit scale's gradient k times;
+  here it is counted once.)
+  """
+  def objective(img, txt, params, loss_args):
+    scale = model.apply({"params": params})[2]
+    loss, metrics = loss_fn(img, txt, scale, *loss_args, logit_bias(params))
+    return loss, (metrics, scale)
+
+  def full_batch(params, images, tokens, loss_args):
+    def f(p):
+      img, txt, _ = model.apply({"params": p}, images, tokens)
+      return objective(img, txt, p, loss_args)
+    return jax.value_and_grad(f, has_aux=True)(params)
+
+  if accum_steps == 1:
+    return full_batch
+  k = accum_steps
+
+  def accumulated(params, images, tokens, loss_args):
+    micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
+    img_c, txt_c = embed_micro(model, jax.lax.stop_gradient(params), micro)
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: objective(_micro_merge(img_c), _micro_merge(txt_c), p,
+                            loss_args), has_aux=True)(params)
+
+    def micro_grads(acc, xs):
+      j, (im, tok) = xs
+      def f(p):
+        img_j, txt_j, _ = model.apply({"params": p}, im, tok)
+        img = _micro_merge(img_c.at[j].set(img_j))
+        txt = _micro_merge(txt_c.at[j].set(txt_j))
+        return objective(img, txt, jax.lax.stop_gradient(p), loss_args)[0]
+      return jax.tree.map(jnp.add, acc, jax.grad(f)(params)), None
+
+    grads, _ = jax.lax.scan(micro_grads, grads, (jnp.arange(k), micro))
+    return (loss, aux), grads
+
+  return accumulated
+
+
+def embed_micro(model, params, micro):
+  """Embeddings [k, N/k, d] of micro-batches [k, N/k, ...], one at a time."""
+  def body(_, mb):
+    img, txt, _ = model.apply({"params": params}, *mb)
+    return None, (img, txt)
+  return jax.lax.scan(body, None, micro)[1]
+
+
 def make_train_step(config, model, tx, schedule, mesh, state_shardings):
   """``train_step(state, batch) -> (state, metrics)``, jit-compiled once.
 
   The state buffer is donated; the batch arrives sharded over every device.
+  With ``train.skip_nonfinite_steps`` the step reports ``nonfinite`` and
+  keeps the old state when the loss or gradient norm is NaN/Inf.
   """
   psd = config.loss.psd
-  use_psd = config.loss.name == "psd"
+  distill = distills(config)
   ramp = psd.ramp_steps if psd.ramp_steps > 0 else config.train.steps
   per_epoch = (pipeline.steps_per_epoch(config) if psd.ramp_unit == "epoch"
                else None)
-  loss_fn = losses.sharded_contrastive_loss(mesh)
+  loss_fn = losses.sharded_contrastive_loss(
+      mesh, kind=loss_kind(config), chunk_size=config.loss.chunk_size,
+      distill=distill)
+  k = config.train.grad_accum_steps
+  grad_fn = make_grad_fn(model, loss_fn, k, mesh)
+  guard = config.train.get("skip_nonfinite_steps", 0) > 0
   rows = sharding.batch_sharding(mesh)
 
   def step_fn(state: TrainState, batch):
     images, tokens = normalize_images(batch["image"]), batch["tokens"]
     n = images.shape[0]
-    if use_psd:
+    if distill:
       alpha = losses.alpha_schedule(state.step, alpha_final=psd.alpha_final,
                                     ramp_steps=ramp, steps_per_epoch=per_epoch)
       key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -90,18 +185,18 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     mask = jax.lax.with_sharding_constraint(mask, rows)
     teacher = None
     if state.ema_params is not None:
-      t_img, t_txt, t_scale = jax.lax.stop_gradient(
-          model.apply({"params": state.ema_params}, images, tokens))
-      teacher = losses.Teacher(t_img, t_txt, t_scale)
+      ema = jax.lax.stop_gradient(state.ema_params)
+      if k == 1:
+        t_img, t_txt, _ = model.apply({"params": ema}, images, tokens)
+      else:
+        micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
+        t_img, t_txt = map(_micro_merge, embed_micro(model, ema, micro))
+      teacher = losses.Teacher(t_img, t_txt, model.apply({"params": ema})[2])
+    loss_args = (jnp.float32(alpha), mask, jnp.float32(psd.teacher_temperature),
+                 teacher)
 
-    def objective(params):
-      img, txt, scale = model.apply({"params": params}, images, tokens)
-      loss, metrics = loss_fn(img, txt, scale, jnp.float32(alpha), mask,
-                              jnp.float32(psd.teacher_temperature), teacher)
-      return loss, (metrics, scale)
-
-    (loss, (metrics, scale)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+    (loss, (metrics, scale)), grads = grad_fn(state.params, images, tokens,
+                                              loss_args)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
@@ -109,9 +204,17 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
       ema_params = optax.incremental_update(params, ema_params, 1 - psd.ema_decay)
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state, ema_params=ema_params)
+    grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, loss=loss, alpha=alpha, logit_scale=scale,
-                   grad_norm=optax.global_norm(grads),
-                   learning_rate=schedule(state.step))
+                   grad_norm=grad_norm, learning_rate=schedule(state.step))
+    bias = logit_bias(state.params)
+    if bias is not None:
+      metrics["logit_bias"] = bias
+    if guard:
+      bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+      new_state = jax.tree.map(lambda old, new: jnp.where(bad, old, new),
+                               state, new_state)
+      metrics["nonfinite"] = bad
     return new_state, metrics
 
   return jax.jit(step_fn, in_shardings=(state_shardings, rows),

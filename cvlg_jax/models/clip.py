@@ -10,6 +10,15 @@ import jax.numpy as jnp
 
 MAX_LOGIT_SCALE = 100.0
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
+# SigLIP (Zhai et al. 2023, §3): t' = log 10 and b = -10, so that at init the
+# many negatives' sigmoid terms are small and the loss starts near its prior.
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+
+
+def logit_bias(params):
+  """SigLIP's learned bias, or None for a model without one."""
+  return params.get("logit_bias")
 
 
 def l2_normalize(x, eps=1e-6):
@@ -23,18 +32,24 @@ class CLIP(nn.Module):
   Either input may be None (its output is then None), so evaluators encode one
   modality at a time with the same ``apply``. Embeddings are float32 and
   L2-normalised; ``logit_scale = min(exp(t), 100)`` with ``t`` learned.
+  With ``init_logit_bias`` set (SigLIP) the params also hold a learned scalar
+  ``logit_bias``; the loss reads it from the params (``logit_bias(params)``).
   """
   image_tower: nn.Module
   text_tower: nn.Module
   embed_dim: int
   project_image: bool = True
+  init_logit_scale: float = INIT_LOGIT_SCALE
+  init_logit_bias: float | None = None
 
   def setup(self):
     self.image_proj = (nn.Dense(self.embed_dim, use_bias=False, name="image_proj")
                        if self.project_image else None)
     self.text_proj = nn.Dense(self.embed_dim, use_bias=False, name="text_proj")
     self.logit_scale_log = self.param(
-        "logit_scale", nn.initializers.constant(INIT_LOGIT_SCALE), ())
+        "logit_scale", nn.initializers.constant(self.init_logit_scale), ())
+    if self.init_logit_bias is not None:
+      self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
   def encode_image(self, images):
     x = self.image_tower(images)

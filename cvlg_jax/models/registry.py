@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from cvlg_jax.models import clip
 from cvlg_jax.models.clip import CLIP
 from cvlg_jax.models.text import TextTransformer
 from cvlg_jax.models.vit import VisionTransformer
@@ -45,9 +46,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
-                remat: bool = False) -> CLIP:
+                remat: bool = False, sigmoid: bool = False) -> CLIP:
   """CLIP two-tower model for a registered size. Params are always float32;
-  ``dtype`` is the compute dtype of the towers."""
+  ``dtype`` is the compute dtype of the towers (embeddings, the logit scale
+  and the loss stay float32). ``sigmoid`` adds SigLIP's learned logit bias
+  and uses SigLIP's initial scale and bias."""
   if name not in MODELS:
     raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
   if dtype not in DTYPES:
@@ -66,4 +69,6 @@ def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
     project_image = False
   text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
                                remat=remat, dtype=cdtype)
-  return CLIP(image_tower, text_tower, spec["embed_dim"], project_image)
+  init = (dict(init_logit_scale=clip.SIGLIP_INIT_LOGIT_SCALE,
+               init_logit_bias=clip.SIGLIP_INIT_LOGIT_BIAS) if sigmoid else {})
+  return CLIP(image_tower, text_tower, spec["embed_dim"], project_image, **init)

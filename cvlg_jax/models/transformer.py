@@ -31,7 +31,8 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, mask=None):
     y = nn.LayerNorm(dtype=self.dtype, name="ln1")(x)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, dtype=self.dtype, name="attn")(y, y, mask=mask)
+        num_heads=self.heads, dtype=self.dtype, force_fp32_for_softmax=True,
+        name="attn")(y, y, mask=mask)
     x = x + y
     y = nn.LayerNorm(dtype=self.dtype, name="ln2")(x)
     y = MlpBlock(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
