@@ -314,6 +314,8 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
     if row:
       log.write(step, row)
       last = row
+    if stop.signal is not None and not preempted:  # arrived while logging
+      preempted = save_now = True
     if save_now:
       ckpt.save(step, state, data_iter, force=True,
                 meta=dict(skipped_nonfinite=guard.skipped, data_skipped=data_skipped))
