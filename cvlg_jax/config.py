@@ -17,7 +17,9 @@ LOSSES = ("clip", "psd", "siglip", "siglip_psd")
 PSD_TEACHERS = ("self", "ema")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
-DATA_SOURCES = ("synthetic", "arrayrecord", "tfds")
+# tfds_class_captions: a registered classification set (data.tfds_name, e.g.
+# cifar10) as class-name captions with label noise (data/class_captions.py).
+DATA_SOURCES = ("synthetic", "arrayrecord", "tfds", "tfds_class_captions")
 DEBUG_SIGNALS = ("SIGTERM", "SIGINT", "SIGKILL")
 
 
@@ -38,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       context_length=32,
       image_size=32,
       num_train=20_000,          # synthetic: size of one epoch
-      caption_noise=0.0,         # synthetic: fraction of noisy captions
+      caption_noise=0.0,         # synthetic / tfds_class_captions: noisy fraction
       data_dir="",               # arrayrecord shards / TFDS data_dir
       tfds_name="", tfds_split="train",
       image_key="image", caption_key="caption",  # TFDS feature names
@@ -185,9 +187,17 @@ def validate(config, num_devices: int | None = None) -> None:
     except FileNotFoundError as e:
       raise ConfigError(f"config.data.data_dir={data.data_dir!r}: {e} (a "
                         "directory of shards, a glob or one shard file)") from None
-  if data.source == "tfds" and not data.tfds_name:
-    raise ConfigError("config.data.tfds_name must be set for data.source='tfds'")
-  if data.source == "tfds" and data.data_dir and not os.path.isdir(data.data_dir):
+  if data.source in ("tfds", "tfds_class_captions") and not data.tfds_name:
+    raise ConfigError("config.data.tfds_name must be set for "
+                      f"data.source={data.source!r}")
+  if data.source == "tfds_class_captions":
+    from cvlg_jax.data.class_captions import check_split
+    try:
+      check_split(data.tfds_name, data.tfds_split)
+    except ValueError as e:
+      raise ConfigError(f"config.data.tfds_name / tfds_split: {e}") from None
+  if (data.source in ("tfds", "tfds_class_captions") and data.data_dir
+      and not os.path.isdir(data.data_dir)):
     raise ConfigError(f"config.data.data_dir={data.data_dir!r} does not exist "
                       "(TFDS data_dir; leave empty for the TFDS default)")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")

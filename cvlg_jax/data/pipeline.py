@@ -52,6 +52,11 @@ def train_source(config):
     return sources.TfdsImageText(
         data.tfds_name, data.tfds_split, image_key=data.image_key,
         caption_key=data.caption_key, data_dir=data.data_dir or None)
+  if data.source == "tfds_class_captions":
+    from cvlg_jax.data import class_captions
+    return class_captions.open_class_captions(
+        data.tfds_name, data.tfds_split, data.data_dir or None,
+        caption_noise=data.caption_noise, seed=config.train.seed)
   raise ValueError(f"data.source={data.source!r} is unknown")
 
 
