@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from cvlg_jax import fileio
+
 UNREADABLE_DIR = "unreadable"
 
 
@@ -34,7 +36,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, keep_period: int = 0,
                async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.absolute(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period or None, create=True,
         enable_async_checkpointing=async_save,
@@ -108,11 +110,11 @@ class Checkpointer:
   def _quarantine(self, steps):
     if jax.process_index() == 0:
       target = os.path.join(self.directory, UNREADABLE_DIR)
-      os.makedirs(target, exist_ok=True)
+      fileio.makedirs(target)
       stamp = time.strftime("%Y%m%d-%H%M%S")
       for step in steps:
         dest = os.path.join(target, f"{step}-{stamp}")
-        os.rename(os.path.join(self.directory, str(step)), dest)
+        fileio.rename(os.path.join(self.directory, str(step)), dest)
         logging.warning("Moved unreadable checkpoint %d to %s.", step, dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils

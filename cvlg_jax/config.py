@@ -7,9 +7,9 @@ each mistake into one line naming the key and what is allowed.
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
+
+from cvlg_jax import fileio
 
 # psd = CLIP + PSD soft targets; siglip = sigmoid loss (learned bias);
 # siglip_psd = SigLIP with PSD soft labels (see losses.py).
@@ -177,7 +177,7 @@ def validate(config, num_devices: int | None = None) -> None:
   data = config.data
   _choice(data.source, DATA_SOURCES, "data.source")
   _choice(data.tokenizer, TOKENIZER_NAMES, "data.tokenizer")
-  if data.tokenizer != "builtin" and not os.path.exists(data.tokenizer_path):
+  if data.tokenizer != "builtin" and not fileio.exists(data.tokenizer_path):
     raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
                       f"not exist (needed by data.tokenizer={data.tokenizer!r})")
   if data.source == "arrayrecord":
@@ -197,7 +197,7 @@ def validate(config, num_devices: int | None = None) -> None:
     except ValueError as e:
       raise ConfigError(f"config.data.tfds_name / tfds_split: {e}") from None
   if (data.source in ("tfds", "tfds_class_captions") and data.data_dir
-      and not os.path.isdir(data.data_dir)):
+      and not fileio.isdir(data.data_dir)):
     raise ConfigError(f"config.data.data_dir={data.data_dir!r} does not exist "
                       "(TFDS data_dir; leave empty for the TFDS default)")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")

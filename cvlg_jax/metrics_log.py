@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from cvlg_jax import fileio
+
 
 def _jsonable(v):
   v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
@@ -23,17 +25,17 @@ def _jsonable(v):
 
 
 def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return []
   rows = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line torn by a kill: everything after it is suspect
+  for line in fileio.read_text(path).splitlines():
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      break  # a line torn by a kill: everything after it is suspect
   return rows
 
 
@@ -51,18 +53,13 @@ class MetricsLog:
     if self.path is None:
       return
     kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      for r in kept:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.path)  # atomic: a kill here loses no kept line
+    # Atomic: a kill here loses no kept line.
+    fileio.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, metrics: dict) -> None:
     row = {"step": int(step), **{k: _jsonable(v) for k, v in sorted(metrics.items())}}
     if self.path is not None:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+      fileio.append_text(self.path, json.dumps(row) + "\n")
     if self.writer is not None:
       self.writer.write_scalars(int(step), {k: float(np.asarray(v)) for k, v in
                                             metrics.items() if np.ndim(v) == 0})

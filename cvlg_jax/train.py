@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cvlg_jax import checkpointing, config as config_lib, sharding
+from cvlg_jax import checkpointing, config as config_lib, fileio, sharding
 from cvlg_jax.data import pipeline
 from cvlg_jax.evaluation import common as eval_common
 from cvlg_jax.metrics_log import MetricsLog
@@ -73,9 +73,8 @@ def make_eval_context(model, mesh, param_shardings, tokenizer, image_size,
 
 def _write_json(path, obj):
   """Atomically (a kill mid-write leaves the old file, not a torn one)."""
-  with open(path + ".tmp", "w") as f:
-    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
-  os.replace(path + ".tmp", path)
+  fileio.write_text_atomic(
+      path, obj if isinstance(obj, str) else json.dumps(obj, indent=2))
 
 
 def _git(*args):
@@ -210,7 +209,7 @@ def run(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in ``workdir``); returns the
   last logged metrics. Raises NonFiniteError on a NaN/Inf step."""
   config_lib.validate(config, num_devices=jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   multi = jax.process_count() > 1
   with _StopRequest(enabled=not multi) as stop:
     mesh = sharding.make_mesh(config.mesh)

@@ -1,0 +1,57 @@
+"""File access that works for local paths and object stores (``gs://``).
+
+Workdirs on TPU VMs live on GCS; ``etils.epath`` (tf.io.gfile underneath)
+reads and writes them, but object stores cannot append, so :func:`append_text`
+rewrites the object there. Local files keep cheap appends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+  return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return bool(path) and epath.Path(path).exists()
+
+
+def isdir(path: str) -> bool:
+  return bool(path) and epath.Path(path).is_dir()
+
+
+def makedirs(path: str) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(path: str) -> str:
+  return epath.Path(path).read_text()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Write to ``path.tmp`` then rename: readers never see a torn file."""
+  tmp = epath.Path(str(path) + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def append_text(path: str, text: str) -> None:
+  if is_remote(path):
+    old = read_text(path) if exists(path) else ""
+    epath.Path(path).write_text(old + text)
+    return
+  with open(path, "a") as f:
+    f.write(text)
+    f.flush()
+
+
+def rename(src: str, dst: str) -> None:
+  epath.Path(src).rename(dst)
