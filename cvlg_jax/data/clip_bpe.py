@@ -34,6 +34,7 @@ import os
 from typing import Iterable, Sequence
 
 import ftfy
+from etils import epath
 import numpy as np
 import regex
 
@@ -93,12 +94,11 @@ def read_merges(path: str, max_merges: int = MAX_MERGES
         "clip_bpe tokenizer needs the path of CLIP's merges file "
         "(bpe_simple_vocab_16e6.txt.gz); got None")
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():  # local or gs://
     raise FileNotFoundError(
         f"CLIP BPE merges file not found: {path!r} (expected OpenAI CLIP's "
         "bpe_simple_vocab_16e6.txt.gz, gzipped or plain text)")
-  with open(path, "rb") as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   if data[:2] == b"\x1f\x8b":  # gzip magic number
     data = gzip.decompress(data)
   lines = data.decode("utf-8").split("\n")[1:max_merges + 1]

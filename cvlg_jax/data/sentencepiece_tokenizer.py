@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Sequence
 
+from etils import epath
 import numpy as np
 import sentencepiece as spm
 
@@ -36,10 +37,11 @@ class SentencePieceTokenizer:
       raise FileNotFoundError(
           "sentencepiece tokenizer needs the path of a .model file; got None")
     model_path = os.fspath(model_path)
-    if not os.path.isfile(model_path):
+    if not epath.Path(model_path).is_file():  # local or gs://
       raise FileNotFoundError(
           f"SentencePiece model file not found: {model_path!r}")
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    self._sp = spm.SentencePieceProcessor(
+        model_proto=epath.Path(model_path).read_bytes())
     if self._sp.eos_id() < 0:
       raise ValueError(
           f"SentencePiece model {model_path!r} has no EOS piece (eos_id=-1); "
