@@ -14,6 +14,12 @@ sweeps combine with ``+`` (concatenation), :func:`grid` (product of axes),
 :func:`zip_` (axes advanced together) and :func:`product` (product of two or
 more run lists). Each run's workdir is named from its overrides, so the same
 run always lands in the same directory and finished runs can be skipped.
+
+Like config files, a sweep file may take an argument: ``--sweep=FILE:ARG``
+calls ``get_sweep(ARG)`` (e.g. to pick the data set). A sweep may also carry
+a ``report`` hook, ``report(results, root) -> [paths written]``, that
+``launch.sweep --report`` calls after the generic table (tables and plots
+specific to the study).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import itertools
 import json
 import os
 import re
+from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME_LEN = 120
@@ -38,9 +46,11 @@ class SweepError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """``config``: config file relative to the repo root, optionally ``:arg``."""
+  """``config``: config file relative to the repo root, optionally ``:arg``;
+  ``report``: optional ``(list[report.Result], root) -> list[str]`` hook."""
   config: str
   runs: list[dict]
+  report: Callable[[list, str], list[str]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +135,16 @@ def run_name(overrides: dict) -> str:
   return f"{safe.lstrip('.')[:MAX_NAME_LEN - 11]}-{digest[:10]}"
 
 
+def safe_name(text: str) -> str:
+  """``text`` as one path component: unsafe characters become ``_`` and, when
+  that changed anything or the name is too long, a hash of ``text`` follows."""
+  safe = _UNSAFE.sub("_", text).lstrip(".")
+  if safe == text and len(text) <= MAX_NAME_LEN:
+    return text
+  digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+  return f"{safe[:MAX_NAME_LEN - 11]}-{digest}"
+
+
 def split_config(spec: str) -> tuple[str, str | None]:
   path, _, arg = spec.partition(":")
   return path, (arg or None)
@@ -175,13 +195,18 @@ def apply_overrides(config, overrides: dict):
   return config
 
 
-def load_sweep(path: str) -> Sweep:
+def load_sweep(path_and_arg: str) -> Sweep:
+  """``FILE`` -> ``get_sweep()``; ``FILE:ARG`` -> ``get_sweep(ARG)``."""
+  path, arg = split_config(path_and_arg)
   if not os.path.isfile(path):
     raise SweepError(f"sweep file {path!r} not found")
   module = _load_module(os.path.abspath(path), "cvlg_sweep_file")
   if not hasattr(module, "get_sweep"):
     raise SweepError(f"{path} defines no get_sweep()")
-  sweep = module.get_sweep()
+  if arg is not None and not inspect.signature(module.get_sweep).parameters:
+    raise SweepError(f"{path}: get_sweep() takes no argument, but the sweep "
+                     f"was given {arg!r}")
+  sweep = module.get_sweep() if arg is None else module.get_sweep(arg)
   if not isinstance(sweep, Sweep):
     raise SweepError(f"{path}: get_sweep() must return a launch.spec.Sweep, "
                      f"got {type(sweep).__name__}")

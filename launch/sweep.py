@@ -3,8 +3,11 @@
     # see exactly what would run, then run 2 at a time on this machine
     python -m launch.sweep --sweep=launch/sweeps/demo_clip_vs_psd.py --dry_run
     python -m launch.sweep --sweep=launch/sweeps/demo_clip_vs_psd.py --parallel=2
-    # final metrics of every run -> report.csv + report.md (mean ± std over seeds)
+    # final metrics of every run -> report.csv + report.md (mean ± std over seeds),
+    # plus whatever the sweep's own report hook writes
     python -m launch.sweep --sweep=launch/sweeps/demo_clip_vs_psd.py --report
+    # a sweep file's argument (here: which data set); default root runs/NAME-ARG
+    python -m launch.sweep --sweep=launch/sweeps/noise_robustness.py:dataset=cifar10
     # the same sweep on a TPU VM, workdirs on GCS
     python -m launch.sweep --sweep=... --backend=tpu_vm --root=gs://BUCKET/sweeps/x \\
         --tpu_name=cvlg --zone=us-central2-b --accelerator_type=v4-8 --dry_run
@@ -23,7 +26,8 @@ from absl import app, flags
 
 from launch import local, report, spec, tpu_vm
 
-_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep(); "
+                             "FILE:ARG calls get_sweep(ARG).")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "tpu_vm"],
                              "Where the runs execute.")
 _ROOT = flags.DEFINE_string("root", "", "Sweep root; one workdir per run under "
@@ -45,7 +49,11 @@ STAGES = ("create", "install", "run", "delete")
 
 
 def default_root(sweep_path: str) -> str:
-  return os.path.join("runs", os.path.splitext(os.path.basename(sweep_path))[0])
+  """``runs/<sweep name>``; a sweep argument (``FILE:ARG``) is part of the
+  name, so e.g. another data set's runs never land on (and skip) these."""
+  path, arg = spec.split_config(sweep_path)
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", name + (f"-{spec.safe_name(arg)}" if arg else ""))
 
 
 def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool):
@@ -120,6 +128,9 @@ def _main():
     csv_path, md_path, markdown = report.write(root, runs)
     print(markdown)
     print(f"wrote {csv_path} and {md_path}")
+    if sweep.report is not None:
+      for path in sweep.report(report.collect(runs), root):
+        print(f"wrote {path}")
     return
 
   if backend == "local":

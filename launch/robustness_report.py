@@ -1,0 +1,360 @@
+"""Tables and figures of the noise-robustness study, from the runs' own files.
+
+``write(results, root)`` is the report hook of
+``launch/sweeps/noise_robustness.py``: ``python -m launch.sweep
+--sweep=launch/sweeps/noise_robustness.py --report`` calls it after the
+generic report and it writes, under the sweep root,
+
+  * ``robustness.md``: zero-shot top-1, retrieval R@1 both ways and the final
+    target mass on the positive, mean ± sample std over seeds, per (loss,
+    caption noise) with the PSD - CLIP gap paired by seed, and per PSD
+    ablation with its gap to the main PSD run;
+  * ``accuracy_vs_noise.png``: each metric against caption noise, CLIP and
+    PSD, error bars = std over seeds;
+  * ``positive_mass.png``: PSD's soft-target mass on the positive pair over
+    training (the paper's Figure 5 analogue), mean over seeds ± std.
+
+Only finished runs count (a partial run's numbers are from another step);
+every number comes from ``metrics.jsonl``. To put a report into the docs
+without touching a number by hand:
+
+    python -m launch.robustness_report --root=runs/noise_robustness \\
+        --doc=docs/robustness.md --section=synthetic
+
+copies the figures next to the doc and replaces the doc's text between
+``<!-- results:synthetic:begin -->`` and ``<!-- results:synthetic:end -->``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import statistics
+
+from cvlg_jax import plot
+
+LOSS, NOISE, SEED = "loss.name", "data.caption_noise", "train.seed"
+# (column label, candidate metric keys: synthetic evaluator, then zeroshot).
+METRICS = (("zero-shot top-1", ("synthetic/zeroshot_top1", "zeroshot/top1")),
+           ("i2t R@1", ("synthetic/i2t_R@1", "retrieval/i2t_R@1")),
+           ("t2i R@1", ("synthetic/t2i_R@1", "retrieval/t2i_R@1")))
+MASS = "positive_mass"
+KNOB_NAMES = {"loss.psd.subset_fraction": "r", "loss.psd.alpha_final": "α_T",
+              "loss.psd.teacher": "teacher", "loss.psd.teacher_temperature": "T",
+              "loss.psd.ramp_steps": "ramp steps"}
+FIGURES = ("accuracy_vs_noise.png", "positive_mass.png")
+
+
+def _extra(overrides: dict) -> tuple:
+  """The overrides beyond loss, noise and seed: an ablation's knobs."""
+  return tuple((k, v) for k, v in overrides.items() if k not in (LOSS, NOISE, SEED))
+
+
+def groups(results) -> dict[tuple, list]:
+  """(loss, noise, knobs) -> finished results of that setting (one per seed)."""
+  out: dict[tuple, list] = {}
+  for r in results:
+    o = r.run.overrides
+    key = (o.get(LOSS, "?"), float(o.get(NOISE, 0.0)), _extra(o))
+    bucket = out.setdefault(key, [])
+    if r.status == "finished":
+      bucket.append(r)
+  return out
+
+
+def metric_keys(results) -> list[tuple[str, str]]:
+  """(label, key) of each study metric some finished run has logged."""
+  logged = {k for r in results if r.status == "finished" for k in r.metrics}
+  out = [(label, next(k for k in keys if k in logged))
+         for label, keys in METRICS if any(k in logged for k in keys)]
+  if MASS in logged:
+    out.append(("positive mass", MASS))
+  return out
+
+
+def _values(runs, key) -> dict:
+  """seed -> value of ``key`` (finite numbers only)."""
+  out = {}
+  for r in runs:
+    v = r.metrics.get(key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+      out[r.run.overrides.get(SEED)] = float(v)
+  return out
+
+
+def mean_std(values) -> tuple[float, float] | None:
+  values = list(values)
+  if not values:
+    return None
+  return (statistics.fmean(values),
+          statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values, key: str, signed: bool = False) -> str:
+  """Accuracies and recalls in percent (0.1), the target mass as is (0.001)."""
+  values = list(values)
+  ms = mean_std(values)
+  if ms is None:
+    return "–"
+  scale, digits = (1.0, 3) if key == MASS else (100.0, 1)
+  mean, std = ms[0] * scale, ms[1] * scale
+  text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+  return text + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+
+def _paired(a, b, key) -> list[float]:
+  """Per-seed differences a - b over the seeds both have."""
+  va, vb = _values(a, key), _values(b, key)
+  return [va[s] - vb[s] for s in sorted(set(va) & set(vb), key=str)]
+
+
+def _row(cells) -> str:
+  return "| " + " | ".join(cells) + " |"
+
+
+def _table(header, rows) -> list[str]:
+  return [_row(header), "|" + "|".join("---" for _ in header) + "|",
+          *(_row(r) for r in rows)]
+
+
+def main_table(results) -> list[str]:
+  g, keys = groups(results), metric_keys(results)
+  header = ["caption noise", "loss", "seeds",
+            *(f"{l} (%)" if k != MASS else l for l, k in keys)]
+  rows = []
+  for noise in sorted({n for (_, n, extra) in g if not extra}):
+    per_loss = {loss: g[(loss, noise, ())] for loss in ("clip", "psd")
+                if (loss, noise, ()) in g}
+    for loss, runs in per_loss.items():
+      total = sum(1 for r in results if _same(r, loss, noise))
+      rows.append([f"{noise:g}", loss.upper(), f"{len(runs)}/{total}",
+                   *(_cell(_values(runs, k).values(), k) for _, k in keys)])
+    if len(per_loss) == 2:
+      rows.append([f"{noise:g}", "PSD − CLIP", "paired",
+                   *(_cell(_paired(per_loss["psd"], per_loss["clip"], k), k,
+                           signed=True) for _, k in keys)])
+  return _table(header, rows)
+
+
+def _same(r, loss, noise, extra=()) -> bool:
+  o = r.run.overrides
+  return (o.get(LOSS) == loss and float(o.get(NOISE, 0.0)) == noise
+          and _extra(o) == extra)
+
+
+def _knob_label(extra) -> str:
+  return ", ".join(f"{KNOB_NAMES.get(k, k)} = {v}" for k, v in extra)
+
+
+def main_psd_label(runs) -> str:
+  """"PSD (r = 0.5, α_T = 0.5, teacher = self)" from a run's config.json."""
+  for r in runs:
+    psd = plot.read_config(r.run.workdir).get("loss", {}).get("psd", {})
+    if psd:
+      return (f"PSD (r = {psd.get('subset_fraction')}, α_T = "
+              f"{psd.get('alpha_final')}, teacher = {psd.get('teacher')})")
+  return "PSD (main settings)"
+
+
+def ablation_tables(results) -> list[tuple[float, list[str]]]:
+  """One table per noise level that has ablation runs."""
+  g, keys = groups(results), metric_keys(results)
+  zs = keys[0][1] if keys else None
+  out = []
+  for noise in sorted({n for (_, n, extra) in g if extra}):
+    main_psd = g.get(("psd", noise, ()), [])
+    header = ["setting", "seeds", *(f"{l} (%)" if k != MASS else l for l, k in keys),
+              "Δ zero-shot vs PSD (paired)"]
+    rows = []
+    reference = [("CLIP", g.get(("clip", noise, ()), []), ("clip", noise, ())),
+                 (main_psd_label(main_psd), main_psd, ("psd", noise, ()))]
+    ablations = [(_knob_label(extra), runs, (loss, noise, extra))
+                 for (loss, n, extra), runs in g.items() if n == noise and extra]
+    for label, runs, (loss, n, extra) in reference + ablations:
+      total = sum(1 for r in results if _same(r, loss, n, extra))
+      if not total:
+        continue
+      delta = ("–" if (loss, extra) == ("psd", ()) or zs is None else
+               _cell(_paired(runs, main_psd, zs), zs, signed=True))
+      rows.append([label, f"{len(runs)}/{total}",
+                   *(_cell(_values(runs, k).values(), k) for _, k in keys),
+                   delta])
+    out.append((noise, _table(header, rows)))
+  return out
+
+
+def _dataset(results) -> str:
+  for r in results:
+    data = plot.read_config(r.run.workdir).get("data", {})
+    if data.get("source") == "tfds_class_captions":
+      return f"class-name captions of `{data.get('tfds_name')}` (label noise)"
+    if data:
+      return f"`{data.get('source')}`"
+  return "unknown (no config.json yet)"
+
+
+def render(results) -> str:
+  finished = sum(r.status == "finished" for r in results)
+  keys = metric_keys(results)
+  lines = [
+      "<!-- generated by `python -m launch.sweep --report` "
+      "(launch/robustness_report.py); do not edit the numbers by hand -->",
+      f"Data: {_dataset(results)}. {finished}/{len(results)} runs finished; "
+      "values are the last evaluation of each finished run, mean ± sample std "
+      "over seeds; Δ rows/columns are per-seed differences (same data and "
+      "noise draw), mean ± std.", ""]
+  if not keys:
+    return "\n".join(lines + ["No finished runs yet: results pending.", ""])
+  lines += ["#### CLIP vs PSD by caption noise", "", *main_table(results), "",
+            f"![accuracy vs caption noise]({FIGURES[0]})", ""]
+  for noise, table in ablation_tables(results):
+    lines += [f"#### PSD ablations at caption noise {noise:g}", "", *table, ""]
+  lines += ["#### Soft-target mass on the positive during training "
+            "(Figure 5 analogue)", "",
+            f"![PSD target mass on the positive]({FIGURES[1]})", ""]
+  return "\n".join(lines)
+
+
+def _curves(runs, key) -> tuple[list, list, list]:
+  """(steps, mean, std) over runs at the steps every run logged."""
+  per_run = [dict(zip(*plot.series(plot.read_metrics(r.run.workdir), key)))
+             for r in runs]
+  per_run = [p for p in per_run if p]
+  if not per_run:
+    return [], [], []
+  steps = sorted(set.intersection(*(set(p) for p in per_run)))
+  stats = [mean_std([p[s] for p in per_run]) for s in steps]
+  return steps, [m for m, _ in stats], [s for _, s in stats]
+
+
+def accuracy_figure(results):
+  from matplotlib.figure import Figure
+  g = groups(results)
+  keys = [(l, k) for l, k in metric_keys(results) if k != MASS]
+  fig = Figure(figsize=(4.2 * max(1, len(keys)), 3.6))
+  axes = fig.subplots(1, max(1, len(keys)), squeeze=False)[0]
+  for ax, (label, key) in zip(axes, keys):
+    # CLIP a little left of its noise level, PSD right: bars stay apart.
+    for loss, marker, dx in (("clip", "s", -0.004), ("psd", "o", 0.004)):
+      points = sorted(((n, mean_std(_values(runs, key).values()))
+                       for (l, n, extra), runs in g.items()
+                       if l == loss and not extra), key=lambda p: p[0])
+      points = [(n, ms) for n, ms in points if ms is not None]
+      if points:
+        ax.errorbar([n + dx for n, _ in points], [100 * ms[0] for _, ms in points],
+                    yerr=[100 * ms[1] for _, ms in points], marker=marker,
+                    capsize=4, label=loss.upper())
+    ax.set_xlabel("caption noise")
+    ax.set_ylabel(f"{label} (%)")
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  fig.tight_layout()
+  return fig
+
+
+def mass_figure(results):
+  from matplotlib.figure import Figure
+  g = groups(results)
+  fig = Figure(figsize=(10, 3.8))
+  left, right = fig.subplots(1, 2, sharey=True)
+  panels = ((left, "PSD by caption noise",
+             [(f"noise {n:g}", g[k]) for k in sorted(
+                 k for k in g if k[0] == "psd" and not k[2]) for n in (k[1],)]),)
+  ab_noise = sorted({n for (_, n, extra) in g if extra})
+  if ab_noise:
+    n0 = ab_noise[-1]
+    panels += ((right, f"PSD ablations at noise {n0:g}",
+                [("main", g.get(("psd", n0, ()), []))] +
+                [(_knob_label(extra), runs) for (l, n, extra), runs in g.items()
+                 if n == n0 and extra]),)
+  else:
+    right.set_visible(False)
+  for ax, title, curves in panels:
+    for label, runs in curves:
+      steps, mean, std = _curves(runs, MASS)
+      if steps:
+        ax.plot(steps, mean, label=f"{label} (n={len(runs)})")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
+                        [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  left.set_ylabel("target mass on the positive")
+  fig.tight_layout()
+  return fig
+
+
+def _write(root: str, name: str, data: bytes) -> str:
+  path = f"{root.rstrip('/')}/{name}" if "://" in root else os.path.join(root, name)
+  if "://" in root:
+    from etils import epath
+    epath.Path(path).write_bytes(data)
+  else:
+    os.makedirs(root, exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(data)
+  return path
+
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  return buf.getvalue()
+
+
+def write(results, root: str) -> list[str]:
+  """The sweep's report hook: robustness.md and the figures under ``root``."""
+  paths = [_write(root, "robustness.md", render(results).encode())]
+  if metric_keys(results):
+    paths.append(_write(root, FIGURES[0], _png(accuracy_figure(results))))
+    paths.append(_write(root, FIGURES[1], _png(mass_figure(results))))
+  return paths
+
+
+def publish(root: str, doc: str, section: str) -> str:
+  """Splices ``root/robustness.md`` into ``doc`` between the section's
+  markers and copies the figures to ``<doc dir>/robustness/<section>/``."""
+  src = os.path.join(root, "robustness.md")
+  if not os.path.isfile(src):
+    raise FileNotFoundError(f"{src} does not exist; run the sweep's --report "
+                            "first")
+  with open(src) as f:
+    body = f.read()
+  rel = f"robustness/{section}"
+  os.makedirs(os.path.join(os.path.dirname(doc), rel), exist_ok=True)
+  for name in FIGURES:
+    if os.path.isfile(os.path.join(root, name)):
+      shutil.copyfile(os.path.join(root, name),
+                      os.path.join(os.path.dirname(doc), rel, name))
+      body = body.replace(f"]({name})", f"]({rel}/{name})")
+  with open(doc) as f:
+    text = f.read()
+  begin, end = (f"<!-- results:{section}:begin -->",
+                f"<!-- results:{section}:end -->")
+  pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+  if not pattern.search(text):
+    raise ValueError(f"{doc} has no '{begin}' ... '{end}' markers")
+  text = pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text, count=1)
+  with open(doc, "w") as f:
+    f.write(text)
+  return doc
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  f = flags.FLAGS
+  print(f"updated {publish(f.root, f.doc, f.section)}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("root", None, "Sweep root holding robustness.md.")
+  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
+  flags.DEFINE_string("section", "synthetic", "Marker name in the doc.")
+  flags.mark_flag_as_required("root")
+  app.run(main)
