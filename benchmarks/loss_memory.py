@@ -56,7 +56,7 @@ def temp_bytes(mesh, loss, n, d, chunk, ema):
   def f(u, v, s, b, mask, teacher_emb):
     teacher = None if teacher_emb is None else losses.Teacher(
         *teacher_emb, jnp.float32(10.0))
-    return fn(u, v, s, jnp.float32(0.5), mask, jnp.float32(1.0), teacher,
+    return fn(u, v, s, jnp.float32(0.5), mask, 1.0, teacher,
               b if kind == "sigmoid" else None)[0]
 
   grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))

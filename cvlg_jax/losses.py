@@ -97,9 +97,13 @@ def _chunks(k, chunk):
   return k.reshape(n // c, c, d), c
 
 
-def _stream_forward(kind, distill, chunk, axis, size, qs, k, bias, temperature,
-                    teacher):
-  """Streams key blocks (ring steps) and chunks (within a block) past ``qs``."""
+def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
+                    temperature, teacher):
+  """Streams key blocks (ring steps) and chunks (within a block) past ``qs``.
+
+  ``shared``: the teacher is the student's own softmax (self teacher, T = 1,
+  softmax loss), so P needs no exponentials of its own.
+  """
   n = qs.shape[0]
   rows = jnp.arange(n)
   vary = ((lambda v: jax.lax.pcast(v, axis, to="varying")) if axis and size > 1
@@ -116,11 +120,13 @@ def _stream_forward(kind, distill, chunk, axis, size, qs, k, bias, temperature,
         carry["maxneg"], jnp.max(jnp.where(diag, -jnp.inf, t), axis=-1)))
     if kind == "softmax":
       m = jnp.maximum(carry["m"], jnp.max(x, axis=-1))
-      st.update(m=m, s=carry["s"] * jnp.exp(carry["m"] - m)
-                + jnp.sum(jnp.exp(x - m[:, None]), axis=-1))
+      decay, e = jnp.exp(carry["m"] - m), jnp.exp(x - m[:, None])
+      st.update(m=m, s=carry["s"] * decay + jnp.sum(e, axis=-1))
+      if shared:
+        st.update(wt=carry["wt"] * decay + jnp.sum(e * x, axis=-1))
     else:
       st.update(s=carry["s"] + jnp.sum(jax.nn.softplus(x), axis=-1))
-    if distill:  # online softmax(t / T) and its running mean of x
+    if distill and not shared:  # online softmax(t / T), its running mean of x
       y = t / temperature
       mt = jnp.maximum(carry["mt"], jnp.max(y, axis=-1))
       decay, e = jnp.exp(carry["mt"] - mt), jnp.exp(y - mt[:, None])
@@ -142,31 +148,33 @@ def _stream_forward(kind, distill, chunk, axis, size, qs, k, bias, temperature,
   if kind == "softmax":
     init.update(m=ninf)
   if distill:
-    init.update(mt=ninf, st=zero, wt=zero)
+    init.update(wt=zero) if shared else init.update(mt=ninf, st=zero, wt=zero)
   tk = None if teacher is None else teacher[1]
   (st, _, _), _ = jax.lax.scan(block_step, (init, k, tk), jnp.arange(size))
   a = st["m"] + jnp.log(st["s"]) if kind == "softmax" else st["s"]
   if not distill:
     return _Stats(a, zero, zero, st["maxneg"])
+  if shared:
+    return _Stats(a, st["wt"] / st["s"], a, st["maxneg"])
   return _Stats(a, st["wt"] / st["st"], st["mt"] + jnp.log(st["st"]),
                 st["maxneg"])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _stream_stats(kind, distill, chunk, axis, size, qs, k, bias, temperature,
-                  teacher):
-  return _stream_forward(kind, distill, chunk, axis, size, qs, k, bias,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _stream_stats(kind, distill, shared, chunk, axis, size, qs, k, bias,
+                  temperature, teacher):
+  return _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
                          temperature, teacher)
 
 
-def _stream_fwd(kind, distill, chunk, axis, size, qs, k, bias, temperature,
-                teacher):
-  stats = _stream_forward(kind, distill, chunk, axis, size, qs, k, bias,
+def _stream_fwd(kind, distill, shared, chunk, axis, size, qs, k, bias,
+                temperature, teacher):
+  stats = _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
                           temperature, teacher)
   return stats, (qs, k, bias, temperature, teacher, stats.a, stats.t_lse)
 
 
-def _stream_bwd(kind, distill, chunk, axis, size, res, ct):
+def _stream_bwd(kind, distill, shared, chunk, axis, size, res, ct):
   """dx_ij = g_a,i da_i/dx_ij + g_b,i P_ij, one chunk at a time; dk rides the
   ring with its block and is home after ``size`` steps."""
   qs, k, bias, temperature, teacher, a, t_lse = res
@@ -177,11 +185,13 @@ def _stream_bwd(kind, distill, chunk, axis, size, res, ct):
     dqs, dbias = carry
     kc, tkc = xs
     x = qs @ kc.T + bias
-    if kind == "softmax":
+    if shared:
+      g = (ga + gb)[:, None] * jnp.exp(x - a[:, None])
+    elif kind == "softmax":
       g = ga[:, None] * jnp.exp(x - a[:, None])
     else:
       g = ga[:, None] * jax.nn.sigmoid(x)
-    if distill:
+    if distill and not shared:
       t = x if teacher is None else teacher[0] @ tkc.T
       g = g + gb[:, None] * jnp.exp(t / temperature - t_lse[:, None])
     return (dqs + g @ kc, dbias + jnp.sum(g)), g.T @ qs
@@ -222,11 +232,13 @@ def _row_sums(stats, pos, t_pos, weight, mask, temperature, distill):
 
 
 def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *,
-                     kind, distill, chunk, axis=None, size=1):
+                     kind, distill, chunk, unit_temperature=False, axis=None,
+                     size=1):
   """i2t rows (local images vs all texts) + t2i rows (local texts vs images).
 
   With ``axis`` set this runs inside ``shard_map``: dense gathers the other
-  modality, streamed passes it round the ring.
+  modality, streamed passes it round the ring. ``unit_temperature``: T is
+  statically 1 (lets the streamed kernel share the teacher's softmax).
   """
   n = img.shape[0]
   pos = scale * jnp.sum(img * txt, axis=-1) + bias
@@ -246,8 +258,9 @@ def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *
     t = None if tq is None else (tq, tk)
     if chunk:
       b = jax.lax.pcast(bias, axis, to="varying") if axis else bias
-      stats = _stream_stats(kind, distill, chunk, axis, size, scale * q, k, b,
-                            temperature, t)
+      shared = distill and unit_temperature and t is None and kind == "softmax"
+      stats = _stream_stats(kind, distill, shared, chunk, axis, size, scale * q,
+                            k, b, temperature, t)
     else:
       t = None if t is None else (t[0], gather(t[1]))
       stats = _dense_stats(kind, distill, scale * q, gather(k), bias,
@@ -261,6 +274,11 @@ def _finalize(sums, num_rows):
   """Row sums of both directions -> means (the loss is the ½(i2t + t2i) mean)."""
   metrics = {k: v / (2 * num_rows) for k, v in sums.items()}
   return metrics.pop("loss"), metrics
+
+
+def _is_one(temperature):
+  """T known to be 1 at trace time (a Python number, not a traced value)."""
+  return isinstance(temperature, (int, float)) and temperature == 1
 
 
 def _check(kind, logit_bias):
@@ -297,7 +315,8 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, alpha=0.0,
     distill_mask = jnp.ones((n,), bool)
   sums = _both_directions(image_emb, text_emb, logit_scale, bias, alpha,
                           distill_mask, teacher_temperature, teacher, kind=kind,
-                          distill=distill, chunk=chunk_size)
+                          distill=distill, chunk=chunk_size,
+                          unit_temperature=_is_one(teacher_temperature))
   return _finalize(sums, n)
 
 
@@ -312,28 +331,32 @@ def sharded_contrastive_loss(mesh, batch_axes=("data", "fsdp"), *,
   Inputs must be sharded rows-over-``batch_axes`` (mask included); the scalar
   inputs replicated. Returns ``fn(image_emb, text_emb, logit_scale, alpha,
   distill_mask, temperature, teacher=None, logit_bias=None) -> (loss,
-  metrics)``.
+  metrics)``; a Python ``temperature`` of 1 lets the streamed PSD kernel reuse
+  the student's softmax as the (self) teacher's, at CLIP's cost.
   """
   rows = P(batch_axes)
   size = 1
   for a in batch_axes:
     size *= mesh.shape[a]
 
-  def local(img, txt, scale, bias, alpha, mask, temperature, teacher):
-    sums = _both_directions(img, txt, scale, bias, alpha, mask, temperature,
-                            teacher, kind=kind, distill=distill,
-                            chunk=chunk_size, axis=batch_axes, size=size)
-    return jax.lax.psum(sums, batch_axes)
-
   def fn(image_emb, text_emb, logit_scale, alpha, distill_mask, temperature,
          teacher=None, logit_bias=None):
     bias = _check(kind, logit_bias)
     teacher_spec = None if teacher is None else Teacher(rows, rows, P())
+
+    def local(img, txt, scale, bias, alpha, mask, temp, teacher):
+      sums = _both_directions(img, txt, scale, bias, alpha, mask, temp, teacher,
+                              kind=kind, distill=distill, chunk=chunk_size,
+                              unit_temperature=_is_one(temperature),
+                              axis=batch_axes, size=size)
+      return jax.lax.psum(sums, batch_axes)
+
     sums = jax.shard_map(
         local, mesh=mesh,
         in_specs=(rows, rows, P(), P(), P(), rows, P(), teacher_spec),
         out_specs=P())(image_emb, text_emb, logit_scale, bias, alpha,
-                       distill_mask, temperature, teacher)
+                       distill_mask, jnp.asarray(temperature, jnp.float32),
+                       teacher)
     return _finalize(sums, image_emb.shape[0])
 
   return fn

@@ -192,7 +192,8 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
         micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
         t_img, t_txt = map(_micro_merge, embed_micro(model, ema, micro))
       teacher = losses.Teacher(t_img, t_txt, model.apply({"params": ema})[2])
-    loss_args = (jnp.float32(alpha), mask, jnp.float32(psd.teacher_temperature),
+    # T stays a Python number: T = 1 is then known at trace time (losses.py).
+    loss_args = (jnp.float32(alpha), mask, float(psd.teacher_temperature),
                  teacher)
 
     (loss, (metrics, scale)), grads = grad_fn(state.params, images, tokens,

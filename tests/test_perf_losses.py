@@ -77,9 +77,11 @@ def test_plain_clip_path_equals_psd_with_zero_alpha():
 
 
 # (kind, distill, teacher, temperature, mesh, chunk): CLIP, PSD with the self
-# and the EMA teacher at T != 1, SigLIP and SigLIP + PSD.
+# teacher (T = 1 and T != 1) and the EMA teacher, SigLIP and SigLIP + PSD.
+# T is passed as a Python float, as the train step does.
 CASES = [
     ("softmax", False, None, 1.0, (8, 1), 2),
+    ("softmax", True, None, 1.0, (8, 1), 8),   # T = 1: shared-softmax kernel
     ("softmax", True, None, 0.5, (4, 2), 4),
     ("softmax", True, "ema", 0.7, (8, 1), 1),
     ("sigmoid", False, None, 1.0, (4, 2), 2),
@@ -108,7 +110,7 @@ def test_chunked_equals_unchunked(kind, distill, teacher, temperature,
     fn = losses.sharded_contrastive_loss(mesh, kind=kind, chunk_size=c,
                                          distill=distill)
     return lambda u, v, s, b: fn(u, v, s, jnp.float32(0.5), put(mask),
-                                 jnp.float32(temperature), t, b)
+                                 temperature, t, b)
 
   def single(c):
     return lambda u, v, s, b: losses.contrastive_loss(
