@@ -241,16 +241,18 @@ def _count(name, image, length=77, vocab=49408, **kw):
 
 def test_clip_model_sizes_and_rn50_shapes():
   """Parameter counts of OpenAI CLIP (open_clip's table: ViT-B/16 149.62M,
-  ViT-L/14 427.62M, RN50 102.01M) and RN50's output at 224 px."""
+  ViT-L/14 427.62M, RN50 102.01M) and RN50's outputs at 224 px in bf16."""
   assert _count("vit_b16", 224)[2] == 149_620_737
   assert round(_count("vit_l14", 224)[2] / 1e6, 2) == 427.62
-  model, params, n = _count("rn50", 224)
+  model, params, n = _count("rn50", 224, dtype="bfloat16")
   assert round(n / 1e6, 2) == 102.01
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
   img, txt, scale = jax.eval_shape(
       lambda p: model.apply({"params": p}, jnp.zeros((2, 224, 224, 3)),
                             jnp.zeros((2, 77), jnp.int32)), params)
   assert img.shape == (2, 1024) and txt.shape == (2, 1024) and scale.shape == ()
-  assert img.dtype == jnp.float32
+  # bf16 towers, float32 embeddings and scale (the loss runs in float32).
+  assert img.dtype == txt.dtype == scale.dtype == jnp.float32
   assert params["image_tower"]["attnpool"]["positional_embedding"].shape == (50, 2048)
   # SigLIP adds exactly one scalar, the learned bias.
   _, sig_params, n_sig = _count("tiny", 32, 8, 4096, sigmoid=True)
