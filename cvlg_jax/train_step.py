@@ -157,7 +157,8 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
 
   The state buffer is donated; the batch arrives sharded over every device.
   With ``train.skip_nonfinite_steps`` the step reports ``nonfinite`` and
-  keeps the old state when the loss or gradient norm is NaN/Inf.
+  keeps the old params/optimizer state when the loss or gradient norm is
+  NaN/Inf (the step counter still advances).
   """
   psd = config.loss.psd
   distill = distills(config)
@@ -212,9 +213,15 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     if bias is not None:
       metrics["logit_bias"] = bias
     if guard:
+      # A bad update is dropped, but the step still counts: the learning-rate
+      # and PSD schedules stay aligned with the data position (loop step).
       bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
-      new_state = jax.tree.map(lambda old, new: jnp.where(bad, old, new),
-                               state, new_state)
+      keep_old = lambda old, new: jax.tree.map(
+          lambda o, n: jnp.where(bad, o, n), old, new)
+      new_state = new_state.replace(
+          params=keep_old(state.params, new_state.params),
+          opt_state=keep_old(state.opt_state, new_state.opt_state),
+          ema_params=keep_old(state.ema_params, new_state.ema_params))
       metrics["nonfinite"] = bad
     return new_state, metrics
 
