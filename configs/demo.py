@@ -8,12 +8,16 @@ Args (comma-separated): ``clip`` for the CLIP baseline, ``noise=0.2`` for
 caption noise, ``tiny`` for a seconds-long smoke run.
 """
 
-from cvlg_jax.config import base_config
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs.common import parse_arg  # noqa: E402
+from cvlg_jax.config import base_config  # noqa: E402
 
 
 def get_config(arg=None):
-  args = dict(a.split("=", 1) if "=" in a else (a, "1")
-              for a in (arg or "").split(",") if a)
+  args = parse_arg(arg)
   c = base_config()
   c.model.name = "demo"
   c.data.image_size = 32

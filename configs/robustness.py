@@ -22,14 +22,17 @@ the PSD ablations over it. Args (comma-separated):
   ``tiny``             a seconds-long smoke run (tests).
 """
 
-from cvlg_jax.config import base_config
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import common, demo  # noqa: E402
 
 ARGS = ("clip", "noise", "dataset", "data_dir", "steps", "eval_examples", "tiny")
 
 
 def parse_args(arg):
-  args = dict(a.split("=", 1) if "=" in a else (a, "1")
-              for a in (arg or "").split(",") if a)
+  args = common.parse_arg(arg)
   unknown = sorted(set(args) - set(ARGS))
   if unknown:
     raise ValueError(f"configs/robustness.py: unknown arg(s) {unknown}; "
@@ -39,28 +42,16 @@ def parse_args(arg):
 
 def get_config(arg=None):
   args = parse_args(arg)
-  c = base_config()
-  c.model.name = "demo"
-  c.data.image_size = 32
-  c.data.context_length = 24
-  c.data.num_train = 20_000
+  # The demo recipe (model, data, optimizer, schedule), one eval set swapped in
+  # for real data, and only the last checkpoint kept (30 runs per sweep).
+  c = demo.get_config(",".join(k for k in ("clip",) if k in args))
   c.data.caption_noise = float(args.get("noise", 0.0))
-  c.loss.name = "clip" if "clip" in args else "psd"
-  c.train.steps = int(args.get("steps", 600))
-  c.train.batch_size = 128
-  c.train.log_every = 25
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 200
+  c.train.steps = int(args.get("steps", c.train.steps))
   c.train.keep_checkpoints = 1
-  c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 60
-  c.optim.weight_decay = 0.1
   if "dataset" in args:
+    c.eval = {}
     _real_data(c, args["dataset"], args.get("data_dir", ""),
                args.get("eval_examples"))
-  else:
-    c.eval.synthetic = dict(type="synthetic", num_zeroshot=1000,
-                            num_retrieval=500)
   if "tiny" in args:
     c.model.name = "tiny"
     c.train.steps = int(args.get("steps", 6))

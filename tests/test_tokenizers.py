@@ -355,3 +355,20 @@ def test_sentencepiece_errors(tmp_path):
   no_eos = _train_sp(tmp_path, "noeos", eos_id=-1)
   with pytest.raises(ValueError, match="EOS"):
     SentencePieceTokenizer(no_eos, context_length=8)
+
+
+def test_builtin_tokenizer_gives_every_synthetic_word_its_own_id():
+  """Hashing alone put "blue" and "square" on one id at vocab 4096, which made
+  "a blue circle" and "a square circle" indistinguishable to the model."""
+  from cvlg_jax.data import synthetic
+  tok = get_tokenizer("builtin", context_length=16)
+  ids = [tok.word_id(w) for w in synthetic.VOCABULARY]
+  assert len(set(ids)) == len(ids) == len(synthetic.VOCABULARY)
+  assert max(ids) == 2 + len(ids)  # the first ids after the 3 special ones
+  assert tok.word_id("zebra") > max(ids)  # other words hash past them
+  for cls in synthetic.CLASS_NAMES:  # every caption word is known
+    for template in synthetic.ZEROSHOT_TEMPLATES:
+      row = tok([template.format(cls)])[0]
+      assert set(row[1:(row != 0).sum() - 1]) <= set(ids)
+  with pytest.raises(ValueError, match="known words"):
+    HashWordTokenizer(vocab_size=10, known_words=synthetic.VOCABULARY)

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import numpy as np
+
+from cvlg_jax.data.tokenizers import split_words
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
@@ -48,9 +51,25 @@ _SPLIT_SALT = {"train": 0, "zeroshot": 1, "retrieval": 2}
 
 _TEMPLATES_ONE = ("a {obj}.", "a photo of a {obj}.", "there is a {obj} {pos}.",
                   "a {obj} {pos}.", "an image showing a {obj}.")
+_PARTIAL_PHRASES = ("a picture with a {} in it.", "{} thing")
 _TEMPLATES_TWO = ("a {obj} and a {obj2}.", "a {obj} {pos} and a {obj2} {pos2}.",
                   "a photo of a {obj} next to a {obj2}.",
                   "two shapes: a {obj} and a {obj2}.")
+
+
+
+
+def _vocabulary():
+  """Every word a synthetic caption or prompt can contain, so the builtin
+  tokenizer can give each its own id (hash collisions such as "blue" and
+  "square" sharing an id would make the data ambiguous)."""
+  texts = (*_TEMPLATES_ONE, *_TEMPLATES_TWO, *ZEROSHOT_TEMPLATES, *COLORS,
+           *SHAPES, *SIZES, *POSITIONS, *_PARTIAL_PHRASES)
+  return tuple(sorted({w for t in texts
+                       for w in split_words(re.sub(r"\{\w*\}", " ", t))}))
+
+
+VOCABULARY = _vocabulary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +101,10 @@ def _centre(position, rng, size):
 def _draw(canvas, obj: Obj, rng):
   size = canvas.shape[0]
   cx, cy = _centre(obj.position, rng, size)
-  radius = size * (rng.uniform(0.10, 0.14) if obj.size == "small"
-                   else rng.uniform(0.20, 0.26))
+  # Small shapes still span ~11 px of a 32 px image: below that, a ViT with
+  # 8 px patches learned colours but hardly any shapes in demo-length runs.
+  radius = size * (rng.uniform(0.16, 0.20) if obj.size == "small"
+                   else rng.uniform(0.26, 0.32))
   yy, xx = np.mgrid[0:size, 0:size] + 0.5
   dx, dy = xx - cx, yy - cy
   if obj.shape == "circle":
@@ -179,8 +200,8 @@ class SyntheticImageText:
     obj = objs[rng.integers(len(objs))]
     if kind == "partial":
       what = rng.integers(3)
-      phrase = (obj.phrase(), f"{obj.shape}", f"{obj.color} thing")[what]
-      return f"a picture with a {phrase} in it.", kind
+      phrase = (obj.phrase(), obj.shape, _PARTIAL_PHRASES[1].format(obj.color))[what]
+      return _PARTIAL_PHRASES[0].format(phrase), kind
     # corrupt: one attribute replaced by a different value.
     if rng.random() < 0.5:
       obj = dataclasses.replace(
