@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import jax
@@ -21,36 +20,12 @@ import pytest
 
 import cvlg_jax
 from cvlg_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = f"""
-import sys
-sys.path.insert(0, {REPO!r})
-from configs import demo
-
-def get_config(arg=None):
-  c = demo.get_config("tiny")
-  c.eval = {{}}
-  c.train.steps, c.train.log_every, c.train.checkpoint_every = 20, 5, 5
-  return c
-"""
+from main_runner import REPO, make_main_runner
 
 
 @pytest.fixture(scope="module")
 def run_main(tmp_path_factory):
-  root = tmp_path_factory.mktemp("reliability_guard")
-  (root / "tiny_noeval.py").write_text(CONFIG)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-
-  def run(workdir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "cvlg_jax.main", f"--config={root / 'tiny_noeval.py'}",
-         f"--workdir={workdir}", *flags],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  return run
+  return make_main_runner(tmp_path_factory.mktemp("reliability_guard"))
 
 
 def _rows(workdir):

@@ -10,45 +10,20 @@ land at a chosen step. All runs share one XLA compilation cache (same program).
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_KEYS = ("steps_per_sec", "examples_per_sec")
-# demo.py:tiny (20 steps, log every 5) without evaluators, checkpoint every 5.
-CONFIG = f"""
-import sys
-sys.path.insert(0, {REPO!r})
-from configs import demo
+from main_runner import make_main_runner
 
-def get_config(arg=None):
-  c = demo.get_config("tiny")
-  c.eval = {{}}
-  c.train.steps, c.train.log_every, c.train.checkpoint_every = 20, 5, 5
-  return c
-"""
+TIMING_KEYS = ("steps_per_sec", "examples_per_sec")
 
 
 @pytest.fixture(scope="module")
 def run_main(tmp_path_factory):
-  root = tmp_path_factory.mktemp("reliability_resume")
-  (root / "tiny_noeval.py").write_text(CONFIG)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-
-  def run(workdir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "cvlg_jax.main", f"--config={root / 'tiny_noeval.py'}",
-         f"--workdir={workdir}", *flags],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  return run
+  return make_main_runner(tmp_path_factory.mktemp("reliability_resume"))
 
 
 def committed_steps(workdir):
