@@ -21,7 +21,6 @@ which makes ``cvlg_jax.main`` call ``jax.distributed.initialize()``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shlex
 import subprocess
@@ -112,7 +111,7 @@ def install_script(repo_url: str = "", git_ref: str = "",
       f"[ -x {VENV}/bin/python ] || {uv} venv -q --python 3.11 {VENV}",
       f"{uv} pip install -q --python {VENV}/bin/python -r {d}/requirements.txt "
       f"{shlex.quote('jax[tpu]')}",
-      f"echo \"installed on $(hostname)\""])
+      "echo \"installed on $(hostname)\""])
 
 
 def train_command(trainer_flags: list[str], remote_dir: str = "cvlg_jax") -> str:

@@ -16,7 +16,6 @@ import time
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from cvlg_jax import checkpointing

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from cvlg_jax import sharding, train
 from cvlg_jax.data import pipeline
