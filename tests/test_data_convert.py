@@ -11,17 +11,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from image_fixtures import encode_image as _encode
+
 from cvlg_jax.data import convert, records
 from cvlg_jax.data.sources import ArrayRecordImageText
 
 
-def _encode(array, fmt, mode=None, **kw) -> bytes:
-  image = Image.fromarray(array)
-  if mode:
-    image = image.convert(mode)
-  buf = io.BytesIO()
-  image.save(buf, format=fmt, **kw)
-  return buf.getvalue()
 
 
 def _noise(h, w, seed=0):

@@ -9,17 +9,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from image_fixtures import encode_image as _encode
+
 from cvlg_jax.data import decode, records, transforms
 from cvlg_jax.data.decode import Rejection, SKIP_REASONS, decode_example
 
 
-def _encode(array, fmt="JPEG", mode=None, **kw) -> bytes:
-  image = Image.fromarray(array)
-  if mode:
-    image = image.convert(mode)
-  buf = io.BytesIO()
-  image.save(buf, format=fmt, **kw)
-  return buf.getvalue()
 
 
 def _gradient(h, w):

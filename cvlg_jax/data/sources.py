@@ -64,7 +64,32 @@ def _tfds_source(name: str, split: str, image_key: str, data_dir: str | None):
                           decoders={image_key: tfds.decode.SkipDecoding()})
 
 
-class TfdsImageText:
+class _TfdsRecords:
+  """Random access over a prepared TFDS split as ``{key, image, ...}`` records;
+  subclasses add their target field. Nothing is downloaded."""
+
+  def __init__(self, name: str, split: str, image_key: str, data_dir: str | None):
+    self.name, self.split, self.image_key = name, split, image_key
+    self._source = _tfds_source(name, split, image_key, data_dir)
+
+  def _target(self, example) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: SupportsIndex) -> dict[str, Any]:
+    index = index.__index__()
+    example = self._source[index]
+    return {"key": f"{self.name}/{self.split}/{index}",
+            "image": example[self.image_key], **self._target(example)}
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}({self.name}:{self.split}, "
+            f"{len(self)} examples)")
+
+
+class TfdsImageText(_TfdsRecords):
   """A prepared TFDS dataset with image + caption(s) as image-text records.
 
   ``caption_key`` may name a nested feature, e.g. ``"captions/text"`` for
@@ -73,45 +98,23 @@ class TfdsImageText:
 
   def __init__(self, name: str, split: str, *, image_key: str = "image",
                caption_key: str = "caption", data_dir: str | None = None):
-    self.name, self.split = name, split
-    self.image_key, self.caption_key = image_key, caption_key
-    self._source = _tfds_source(name, split, image_key, data_dir)
+    super().__init__(name, split, image_key, data_dir)
+    self.caption_key = caption_key
 
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: SupportsIndex) -> dict[str, Any]:
-    index = index.__index__()
-    example = self._source[index]
-    return {"key": f"{self.name}/{self.split}/{index}",
-            "image": example[self.image_key],
-            "caption": _get_path(example, self.caption_key)}
-
-  def __repr__(self) -> str:
-    return f"TfdsImageText({self.name}:{self.split}, {len(self)} examples)"
+  def _target(self, example):
+    return {"caption": _get_path(example, self.caption_key)}
 
 
-class TfdsClassification:
+class TfdsClassification(_TfdsRecords):
   """A prepared TFDS classification dataset as ``{key, image, label}`` records."""
 
   def __init__(self, name: str, split: str, *, image_key: str = "image",
                label_key: str = "label", data_dir: str | None = None):
-    self.name, self.split = name, split
-    self.image_key, self.label_key = image_key, label_key
-    self._source = _tfds_source(name, split, image_key, data_dir)
+    super().__init__(name, split, image_key, data_dir)
+    self.label_key = label_key
 
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: SupportsIndex) -> dict[str, Any]:
-    index = index.__index__()
-    example = self._source[index]
-    return {"key": f"{self.name}/{self.split}/{index}",
-            "image": example[self.image_key],
-            "label": int(_get_path(example, self.label_key))}
-
-  def __repr__(self) -> str:
-    return f"TfdsClassification({self.name}:{self.split}, {len(self)} examples)"
+  def _target(self, example):
+    return {"label": int(_get_path(example, self.label_key))}
 
 
 def mixture(datasets: Sequence[grain.MapDataset | Any], weights: Sequence[float],
