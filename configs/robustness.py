@@ -16,6 +16,7 @@ the PSD ablations over it. Args (comma-separated):
                        classification set (evaluation.datasets, e.g. cifar10)
                        and evaluate zero-shot on its test split;
   ``data_dir=DIR``     TFDS data_dir (or release folder) of that set;
+  ``flip=0``           real data: no random horizontal flips (digits, text);
   ``steps=N``          training steps (default 600);
   ``eval_examples=N``  real data: score a seeded N-image sample of the test
                        split (default: all of it);
@@ -28,7 +29,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common, demo  # noqa: E402
 
-ARGS = ("clip", "noise", "dataset", "data_dir", "steps", "eval_examples", "tiny")
+ARGS = ("clip", "noise", "dataset", "data_dir", "flip", "steps", "eval_examples",
+        "tiny")
 
 
 def parse_args(arg):
@@ -52,6 +54,7 @@ def get_config(arg=None):
     c.eval = {}
     _real_data(c, args["dataset"], args.get("data_dir", ""),
                args.get("eval_examples"))
+    c.data.flip = args.get("flip", "1") != "0"
   if "tiny" in args:
     c.model.name = "tiny"
     c.train.steps = int(args.get("steps", 6))
@@ -76,7 +79,6 @@ def _real_data(c, dataset: str, data_dir: str, eval_examples):
   c.data.tfds_split = (spec.train_split if spec and spec.train_split
                        else "train")
   c.data.data_dir = data_dir
-  c.data.flip = True
   c.eval.zeroshot = dict(type="zeroshot", dataset=dataset,
                          data_dir=data_dir or None,
                          max_examples=int(eval_examples) if eval_examples else None)

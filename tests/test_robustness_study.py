@@ -79,6 +79,71 @@ def test_sweep_argument_selects_real_data_and_its_own_root(tmp_path):
     spec.load_config("configs/robustness.py:datset=cifar10")
 
 
+def test_sweep_own_args_subset_the_study_and_are_not_passed_on(tmp_path):
+  from launch.sweeps import noise_robustness as study
+  assert study.split_arg("seeds=2,dataset=folder:/x/y,ablations=0,flip=0") == (
+      {"seeds": "2", "ablations": "0"}, "dataset=folder:/x/y,flip=0")
+  assert study.split_arg(None) == ({}, "")
+  sweep = spec.load_sweep(_sweep_path("seeds=2,ablations=0,dataset=folder:/d,flip=0"))
+  assert sweep.config == "configs/robustness.py:dataset=folder:/d,flip=0"
+  runs = spec.expand(sweep, str(tmp_path), config_lib.validate)
+  assert sorted((r.overrides["loss.name"], r.overrides["data.caption_noise"],
+                 r.overrides["train.seed"]) for r in runs) == [
+      (l, n, s) for l in ("clip", "psd") for n in (0.0, 0.2, 0.4) for s in (0, 1)]
+  # Seed-major: every setting's seed 0 comes before any seed 1.
+  assert [r.overrides["train.seed"] for r in runs] == [0] * 6 + [1] * 6
+  cfg = spec.apply_overrides(spec.load_config(sweep.config), runs[0].overrides)
+  assert cfg.data.tfds_name == "folder:/d" and cfg.data.tfds_split == "train"
+  assert cfg.data.flip is False and cfg.eval.zeroshot.dataset == "folder:/d"
+  assert spec.load_config("configs/robustness.py:dataset=cifar10").data.flip
+  for bad in ("seeds=0", "seeds=4", "ablations=no"):
+    with pytest.raises(ValueError, match="noise_robustness"):
+      spec.load_sweep(_sweep_path(bad))
+
+
+def test_prepare_digits_writes_a_stratified_folder_set_the_study_reads(tmp_path):
+  from cvlg_jax.evaluation import datasets
+  from launch import prepare_digits
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(10), 6)            # 6 images per class
+  images = rng.random((60, 8, 8))
+  images[:, 0, 0] = labels / 10.0                 # the label, readable back
+  out = str(tmp_path / "digits")
+  counts = prepare_digits.write_class_folders(
+      images, labels, prepare_digits.DIGIT_NAMES, out, test_fraction=1 / 3)
+  assert counts == {"train": 40, "test": 20}
+  for split, per_class in (("train", 4), ("test", 2)):
+    assert sorted(os.listdir(os.path.join(out, split))) == sorted(
+        prepare_digits.DIGIT_NAMES)
+    for name in prepare_digits.DIGIT_NAMES:
+      assert len(os.listdir(os.path.join(out, split, name))) == per_class
+  train = class_captions.open_class_captions(f"folder:{out}", "train",
+                                             caption_noise=0.0)
+  test = datasets.open_classification(f"folder:{out}")
+  assert len(train) == 40 and len(test.source) == 20
+  assert set(train.classnames) == set(prepare_digits.DIGIT_NAMES)
+  assert "a photo of a seven." in {c for i in range(len(train))
+                                   for c in train[i]["caption"]}
+  # Disjoint splits, each image under its own class, scaled up to 32 px.
+  from PIL import Image
+  names = {split: {f for _, _, fs in os.walk(os.path.join(out, split)) for f in fs}
+           for split in ("train", "test")}
+  assert not names["train"] & names["test"]
+  for name in prepare_digits.DIGIT_NAMES:
+    for f in os.listdir(os.path.join(out, "test", name)):
+      pixels = np.asarray(Image.open(os.path.join(out, "test", name, f)))
+      assert pixels.shape == (32, 32, 3)
+      assert labels[int(f[:-4])] == prepare_digits.DIGIT_NAMES.index(name)
+  mask = prepare_digits.stratified_split(labels, 1 / 3, seed=0)
+  assert (mask == prepare_digits.stratified_split(labels, 1 / 3, seed=0)).all()
+  assert not (mask == prepare_digits.stratified_split(labels, 1 / 3, seed=1)).all()
+  with pytest.raises(ValueError, match="test_fraction"):
+    prepare_digits.stratified_split(labels, 1.0, seed=0)
+  with pytest.raises(ValueError, match="labels"):
+    prepare_digits.write_class_folders(images, labels + 1,
+                                       prepare_digits.DIGIT_NAMES, out)
+
+
 # ------------------------------------------------- class-caption data source ---
 
 NAMES = tuple(f"class{k}" for k in range(10))

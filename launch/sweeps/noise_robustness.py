@@ -9,8 +9,11 @@
     python -m launch.sweep --report \\
         --sweep=launch/sweeps/noise_robustness.py:dataset=cifar10,data_dir=/data/tfds
 
-Runs of ``configs/robustness.py`` (the sweep argument, if any, is passed on
-as the config argument: ``dataset=``, ``data_dir=``, ``steps=``, ...):
+Runs of ``configs/robustness.py``. The sweep argument is passed on as the
+config argument (``dataset=``, ``data_dir=``, ``steps=``, ...), except two
+keys the sweep itself reads, to make a cheaper study on slow data:
+``seeds=N`` (the first N of the seeds) and ``ablations=0`` (main grid only).
+The runs:
   * main grid: loss {clip, psd} x data.caption_noise {0, 0.2, 0.4} x 3 seeds;
   * PSD ablations at noise 0.4, each against the main PSD run there
     (r = 0.5, alpha_T = 0.5, teacher = self): subset fraction r in
@@ -39,13 +42,42 @@ ABLATIONS = (
 )
 
 
+SWEEP_ARGS = ("seeds", "ablations")
+
+
+def split_arg(arg: str | None) -> tuple[dict, str]:
+  """``"seeds=2,dataset=x"`` -> ({"seeds": "2"}, ``"dataset=x"``): the keys
+  this sweep reads, and the rest for configs/robustness.py, in order."""
+  own, rest = {}, []
+  for item in (arg or "").split(","):
+    key, _, value = item.partition("=")
+    if key in SWEEP_ARGS:
+      own[key] = value
+    elif item:
+      rest.append(item)
+  return own, ",".join(rest)
+
+
 def get_sweep(arg: str | None = None) -> Sweep:
-  """``arg``: passed to configs/robustness.py (e.g. ``dataset=cifar10``)."""
-  seeds = grid(**{"train.seed": list(SEEDS)})
+  """``arg``: ``seeds=N``, ``ablations=0``, the rest passed to
+  configs/robustness.py (e.g. ``dataset=cifar10``)."""
+  own, arg = split_arg(arg)
+  num_seeds = int(own.get("seeds", len(SEEDS)))
+  if not 1 <= num_seeds <= len(SEEDS):
+    raise ValueError(f"noise_robustness: seeds={num_seeds}, must be in "
+                     f"[1, {len(SEEDS)}]")
+  if own.get("ablations", "1") not in ("0", "1"):
+    raise ValueError("noise_robustness: ablations= must be 0 or 1, got "
+                     f"{own['ablations']!r}")
+  seed_list = list(SEEDS[:num_seeds])
+  seeds = grid(**{"train.seed": seed_list})
   main = grid(**{"loss.name": list(LOSSES), "data.caption_noise": list(NOISE),
-                 "train.seed": list(SEEDS)})
+                 "train.seed": seed_list})
   ablations = product(
       [{"loss.name": "psd", "data.caption_noise": ABLATION_NOISE, **knob}
-       for knob in ABLATIONS], seeds)
+       for knob in ABLATIONS], seeds) if own.get("ablations", "1") == "1" else []
+  # Seed-major order: an interrupted sweep has whole seeds of every setting
+  # rather than every seed of a few settings.
+  runs = sorted(main + ablations, key=lambda run: run["train.seed"])
   return Sweep(config=CONFIG + (f":{arg}" if arg else ""),
-               runs=main + ablations, report=robustness_report.write)
+               runs=runs, report=robustness_report.write)
