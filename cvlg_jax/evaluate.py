@@ -59,13 +59,15 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
 
   from cvlg_jax.train import make_eval_context
-  ctx = make_eval_context(model, mesh, shardings.params, tokenizer,
-                          config.data.image_size, config.train.batch_size)
+  ctx = make_eval_context(model, mesh, train_step.eval_variables(shardings),
+                          tokenizer, config.data.image_size,
+                          config.train.batch_size)
   evaluators, skipped = common.build_all(config.eval, ctx)
   results = {}
   for name, evaluator in evaluators.items():
     try:
-      results[name] = {k: float(v) for k, v in evaluator.run(state.params).items()}
+      results[name] = {k: float(v) for k, v in evaluator.run(
+          train_step.eval_variables(state)).items()}
     except common.DatasetUnavailable as e:
       skipped[name] = str(e)
   report = dict(step=step, checkpoint=path, results=results, skipped=skipped)

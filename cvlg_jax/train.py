@@ -32,7 +32,8 @@ from cvlg_jax.data import pipeline
 from cvlg_jax.evaluation import common as eval_common
 from cvlg_jax.metrics_log import MetricsLog
 from cvlg_jax.train_step import (  # noqa: F401  (re-exported)
-    TrainState, build, init_state, make_train_step, normalize_images)
+    TrainState, build, eval_variables, init_state, make_train_step,
+    normalize_images)
 
 # Token id far outside any vocabulary: the embedding lookup (jnp.take, "fill"
 # mode) returns NaN for it, so a poisoned batch gives a NaN loss and NaN
@@ -45,15 +46,19 @@ class NonFiniteError(RuntimeError):
   """The loss or the gradients went NaN/Inf; nothing from that step was saved."""
 
 
-def make_eval_context(model, mesh, param_shardings, tokenizer, image_size,
+def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
                       batch_size) -> eval_common.EvalContext:
-  """Sharded encode functions that accept any batch size (padded inside)."""
+  """Sharded encode functions that accept any batch size (padded inside).
+
+  They take the model's variables (``train_step.eval_variables(state)``:
+  params plus BatchNorm running statistics) and run it in inference mode.
+  """
   rows, devices = sharding.batch_sharding(mesh), mesh.size
   chunk = max(devices, batch_size // devices * devices)
-  enc_img = jax.jit(lambda p, x: model.apply({"params": p}, images=x)[0],
-                    in_shardings=(param_shardings, rows))
-  enc_txt = jax.jit(lambda p, t: model.apply({"params": p}, tokens=t)[1],
-                    in_shardings=(param_shardings, rows))
+  enc_img = jax.jit(lambda v, x: model.apply(v, images=x)[0],
+                    in_shardings=(variable_shardings, rows))
+  enc_txt = jax.jit(lambda v, t: model.apply(v, tokens=t)[1],
+                    in_shardings=(variable_shardings, rows))
 
   def batched(fn, params, x):
     out = []
@@ -249,8 +254,9 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
   writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
   log = MetricsLog(workdir, resume_step=start, writer=writer, write_file=lead)
 
-  ctx = make_eval_context(model, mesh, state_shardings.params, tokenizer,
-                          config.data.image_size, config.train.batch_size)
+  ctx = make_eval_context(model, mesh, eval_variables(state_shardings),
+                          tokenizer, config.data.image_size,
+                          config.train.batch_size)
   evaluators, skipped_evals = eval_common.build_all(config.eval, ctx)
   for name, reason in skipped_evals.items():
     logging.warning("Evaluator %s skipped: %s", name, reason)
@@ -305,7 +311,8 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
                    time.strftime("%H:%M:%S", time.gmtime((total - step) / max(rate, 1e-9))))
       t0, t_step = time.time(), step
     if eval_now:
-      results = eval_common.run_all({n: evaluators[n] for n in eval_now}, state.params)
+      results = eval_common.run_all({n: evaluators[n] for n in eval_now},
+                                     eval_variables(state))
       logging.info("eval at step %d: %s", step, ", ".join(
           f"{k}={v:.4f}" for k, v in sorted(results.items())))
       row.update(results)

@@ -32,6 +32,34 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   rng: jax.Array                   # raw uint32 key data: checkpointable
   ema_params: Any = None           # EMA teacher (loss.psd.teacher="ema")
+  # Flax collections besides params (BatchNorm's running "batch_stats" for a
+  # ResNet tower); None for models without any.
+  model_state: Any = None
+
+
+def model_variables(params, model_state=None) -> dict:
+  """What ``model.apply`` takes: params plus any non-param collections."""
+  return {"params": params, **(model_state or {})}
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables evaluators encode with (BatchNorm: running statistics)."""
+  return model_variables(state.params, state.model_state)
+
+
+def forward(model, params, model_state, images, tokens):
+  """Training-mode ``(img_emb, txt_emb, new_model_state)``.
+
+  BatchNorm normalises with the statistics of this (global) batch and returns
+  updated running statistics; for a model without state this is plain apply.
+  """
+  if not model_state:
+    img, txt, _ = model.apply({"params": params}, images, tokens, train=True)
+    return img, txt, model_state
+  (img, txt, _), new_state = model.apply(
+      model_variables(params, model_state), images, tokens, train=True,
+      mutable=list(model_state))
+  return img, txt, new_state
 
 
 def normalize_images(images):
@@ -66,11 +94,14 @@ def init_state(config, model, tx, mesh):
   ema = distills(config) and config.loss.psd.teacher == "ema"
 
   def init(rng):
-    params = model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, s, s, 3)),
-                        jnp.zeros((1, length), jnp.int32))["params"]
+    variables = dict(model.init(jax.random.fold_in(rng, 1),
+                                jnp.zeros((1, s, s, 3)),
+                                jnp.zeros((1, length), jnp.int32)))
+    params = variables.pop("params")
     return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(rng),
-                      ema_params=params if ema else None)
+                      ema_params=params if ema else None,
+                      model_state=variables or None)
 
   rng = jax.random.key(config.train.seed)
   shardings = sharding.state_shardings(mesh, jax.eval_shape(init, rng))
@@ -95,7 +126,8 @@ def _micro_merge(x):
 
 
 def make_grad_fn(model, loss_fn, accum_steps, mesh):
-  """``grad_fn(params, images, tokens, loss_args) -> ((loss, metrics), grads)``.
+  """``grad_fn(params, model_state, images, tokens, loss_args)
+  -> ((loss, (metrics, logit_scale, new_model_state)), grads)``.
 
   ``loss_args`` = (alpha, mask, temperature, teacher). With ``accum_steps`` k
   > 1 the batch is processed in k micro-batches, as open_clip accumulates:
@@ -105,51 +137,58 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
   differentiates the full-batch loss with only that micro-batch's rows live.
   The sum is the full-batch gradient, with activation memory of one
   micro-batch. (open_clip's version adds the logit scale's gradient k times;
-  here it is counted once.)
+  here it is counted once.) BatchNorm then normalises each micro-batch with
+  its own statistics, in both passes alike; the running statistics are
+  updated once per micro-batch, in order, as in a PyTorch accumulation loop.
   """
   def objective(img, txt, params, loss_args):
     scale = model.apply({"params": params})[2]
     loss, metrics = loss_fn(img, txt, scale, *loss_args, logit_bias(params))
     return loss, (metrics, scale)
 
-  def full_batch(params, images, tokens, loss_args):
+  def full_batch(params, model_state, images, tokens, loss_args):
     def f(p):
-      img, txt, _ = model.apply({"params": p}, images, tokens)
-      return objective(img, txt, p, loss_args)
+      img, txt, new_state = forward(model, p, model_state, images, tokens)
+      loss, (metrics, scale) = objective(img, txt, p, loss_args)
+      return loss, (metrics, scale, new_state)
     return jax.value_and_grad(f, has_aux=True)(params)
 
   if accum_steps == 1:
     return full_batch
   k = accum_steps
 
-  def accumulated(params, images, tokens, loss_args):
+  def accumulated(params, model_state, images, tokens, loss_args):
     micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
-    img_c, txt_c = embed_micro(model, jax.lax.stop_gradient(params), micro)
-    (loss, aux), grads = jax.value_and_grad(
+    (img_c, txt_c), new_state = embed_micro(
+        model, jax.lax.stop_gradient(params), model_state, micro)
+    (loss, (metrics, scale)), grads = jax.value_and_grad(
         lambda p: objective(_micro_merge(img_c), _micro_merge(txt_c), p,
                             loss_args), has_aux=True)(params)
 
     def micro_grads(acc, xs):
       j, (im, tok) = xs
       def f(p):
-        img_j, txt_j, _ = model.apply({"params": p}, im, tok)
+        # Outputs equal pass 1's (same micro-batch statistics).
+        img_j, txt_j, _ = forward(model, p, model_state, im, tok)
         img = _micro_merge(img_c.at[j].set(img_j))
         txt = _micro_merge(txt_c.at[j].set(txt_j))
         return objective(img, txt, jax.lax.stop_gradient(p), loss_args)[0]
       return jax.tree.map(jnp.add, acc, jax.grad(f)(params)), None
 
     grads, _ = jax.lax.scan(micro_grads, grads, (jnp.arange(k), micro))
-    return (loss, aux), grads
+    return (loss, (metrics, scale, new_state)), grads
 
   return accumulated
 
 
-def embed_micro(model, params, micro):
-  """Embeddings [k, N/k, d] of micro-batches [k, N/k, ...], one at a time."""
-  def body(_, mb):
-    img, txt, _ = model.apply({"params": params}, *mb)
-    return None, (img, txt)
-  return jax.lax.scan(body, None, micro)[1]
+def embed_micro(model, params, model_state, micro):
+  """``((img, txt) [k, N/k, d], model_state)`` of micro-batches [k, N/k, ...],
+  embedded one at a time (running statistics threaded through in order)."""
+  def body(ms, mb):
+    img, txt, ms = forward(model, params, ms, *mb)
+    return ms, (img, txt)
+  model_state, embeddings = jax.lax.scan(body, model_state, micro)
+  return embeddings, model_state
 
 
 def make_train_step(config, model, tx, schedule, mesh, state_shardings):
@@ -187,25 +226,28 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     teacher = None
     if state.ema_params is not None:
       ema = jax.lax.stop_gradient(state.ema_params)
+      # Teacher BatchNorm uses batch statistics too; its stat updates are dropped.
       if k == 1:
-        t_img, t_txt, _ = model.apply({"params": ema}, images, tokens)
+        t_img, t_txt, _ = forward(model, ema, state.model_state, images, tokens)
       else:
         micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
-        t_img, t_txt = map(_micro_merge, embed_micro(model, ema, micro))
+        t_img, t_txt = map(_micro_merge, embed_micro(
+            model, ema, state.model_state, micro)[0])
       teacher = losses.Teacher(t_img, t_txt, model.apply({"params": ema})[2])
     # T stays a Python number: T = 1 is then known at trace time (losses.py).
     loss_args = (jnp.float32(alpha), mask, float(psd.teacher_temperature),
                  teacher)
 
-    (loss, (metrics, scale)), grads = grad_fn(state.params, images, tokens,
-                                              loss_args)
+    (loss, (metrics, scale, model_state)), grads = grad_fn(
+        state.params, state.model_state, images, tokens, loss_args)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = optax.incremental_update(params, ema_params, 1 - psd.ema_decay)
     new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state, ema_params=ema_params)
+                              opt_state=opt_state, ema_params=ema_params,
+                              model_state=model_state)
     grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, loss=loss, alpha=alpha, logit_scale=scale,
                    grad_norm=grad_norm, learning_rate=schedule(state.step))
@@ -221,7 +263,8 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
       new_state = new_state.replace(
           params=keep_old(state.params, new_state.params),
           opt_state=keep_old(state.opt_state, new_state.opt_state),
-          ema_params=keep_old(state.ema_params, new_state.ema_params))
+          ema_params=keep_old(state.ema_params, new_state.ema_params),
+          model_state=keep_old(state.model_state, new_state.model_state))
       metrics["nonfinite"] = bad
     return new_state, metrics
 

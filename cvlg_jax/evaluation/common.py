@@ -1,7 +1,9 @@
 """What every evaluator gets, and the registry that builds them from config.
 
 An evaluator is built once per run from its ``config.eval.<name>`` entry and an
-:class:`EvalContext`, then ``run(params)`` is called every eval period; it
+:class:`EvalContext`, then ``run(params)`` is called every eval period (``params``:
+whatever the encode functions take -- the trainer passes the model's variables,
+params plus BatchNorm statistics); it
 returns flat ``{metric_name: float}`` that the caller prefixes with the entry
 name. Keeping the model behind two encode functions means evaluators never see
 meshes, shardings or Flax modules.

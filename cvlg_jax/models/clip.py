@@ -30,8 +30,11 @@ class CLIP(nn.Module):
   """``(images, tokens) -> (image_emb, text_emb, logit_scale)``.
 
   Either input may be None (its output is then None), so evaluators encode one
-  modality at a time with the same ``apply``. Embeddings are float32 and
-  L2-normalised; ``logit_scale = min(exp(t), 100)`` with ``t`` learned.
+  modality at a time with the same ``apply``. ``train`` reaches the image
+  tower: a BatchNorm ResNet then normalises with batch statistics and, applied
+  with ``mutable=["batch_stats"]``, returns updated running statistics.
+  Embeddings are float32 and L2-normalised; ``logit_scale = min(exp(t), 100)``
+  with ``t`` learned.
   With ``init_logit_bias`` set (SigLIP) the params also hold a learned scalar
   ``logit_bias``; the loss reads it from the params (``logit_bias(params)``).
   """
@@ -51,8 +54,8 @@ class CLIP(nn.Module):
     if self.init_logit_bias is not None:
       self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
-  def encode_image(self, images):
-    x = self.image_tower(images)
+  def encode_image(self, images, train: bool = False):
+    x = self.image_tower(images, train=train)
     if self.image_proj is not None:
       x = self.image_proj(x)
     return l2_normalize(x)
@@ -60,8 +63,9 @@ class CLIP(nn.Module):
   def encode_text(self, tokens):
     return l2_normalize(self.text_proj(self.text_tower(tokens)))
 
-  def __call__(self, images: Any = None, tokens: Any = None):
-    image_emb = None if images is None else self.encode_image(images)
+  def __call__(self, images: Any = None, tokens: Any = None, *,
+               train: bool = False):
+    image_emb = None if images is None else self.encode_image(images, train)
     text_emb = None if tokens is None else self.encode_text(tokens)
     scale = jnp.minimum(jnp.exp(self.logit_scale_log), MAX_LOGIT_SCALE)
     return image_emb, text_emb, scale

@@ -63,9 +63,10 @@ def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
     project_image = True
   else:
     from cvlg_jax.models.resnet import ModifiedResNet
-    # The attention pool already projects to the embedding size, as in CLIP.
+    # The attention pool already projects to the embedding size, as in CLIP;
+    # BatchNorm as in CLIP (its running statistics live in TrainState.model_state).
     image_tower = ModifiedResNet(**image_cfg, output_dim=spec["embed_dim"],
-                                 norm="group", remat=remat, dtype=cdtype)
+                                 norm="batch", remat=remat, dtype=cdtype)
     project_image = False
   text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
                                remat=remat, dtype=cdtype)

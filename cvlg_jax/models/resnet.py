@@ -14,10 +14,10 @@ the image shape seen at `init`, so the same code serves 32 px tests and 224 px
 RN50; applying params to another resolution fails with Flax's shape error.
 
 Normalisation (`norm`), and which one the trainer should use:
-  * "batch" (default): `nn.BatchNorm`, as CLIP trains RN50. It is what paper
-    comparisons assume, so the trainer should use it: apply with
-    `train=True, mutable=["batch_stats"]`, keep the returned `batch_stats` in
-    the train state (and checkpoint) and pass it back at eval with
+  * "batch" (default): `nn.BatchNorm`, as CLIP trains RN50, and what the
+    registry builds. The trainer applies it with `train=True,
+    mutable=["batch_stats"]`, keeps the running `batch_stats` in
+    `TrainState.model_state` (so they are checkpointed) and evaluates with
     `train=False`. Under `jax.jit` with the batch sharded over the mesh, the
     statistics are over the *global* batch (XLA inserts the reduction; no
     `axis_name` needed), i.e. SyncBN, and deterministic.

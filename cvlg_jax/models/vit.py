@@ -26,7 +26,8 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, *, train: bool = False):
+    del train  # no dropout or BatchNorm: train and eval are the same function
     if self.pool not in ("cls", "gap"):
       raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
     p = self.patch_size
