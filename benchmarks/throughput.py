@@ -74,13 +74,15 @@ def peak_tflops(device_kind, dtype, override=None):
   return None
 
 
-def forward_flops(model, params, config):
-  """XLA's FLOP count for one forward pass of the global batch."""
+def forward_flops(model, variables, config):
+  """XLA's FLOP count for one forward pass of the global batch
+  (``variables``: params plus any BatchNorm statistics)."""
   b, s = config.train.batch_size, config.data.image_size
   images = jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((b, config.data.context_length), jnp.int32)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  lowered = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t)).lower(
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          variables)
+  lowered = jax.jit(lambda v, x, t: model.apply(v, x, t)).lower(
       abstract, images, tokens)
   return float(lowered.cost_analysis()["flops"])
 
@@ -116,7 +118,7 @@ def measure(args, name):
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / args.steps
-  flops = 3 * forward_flops(model, state.params, c)
+  flops = 3 * forward_flops(model, train_step.eval_variables(state), c)
   return dict(model=name, params_m=n_params / 1e6, compile_s=compile_s,
               step_s=step_s, examples_s=args.batch_size / step_s,
               tflop_step=flops / 1e12, tflops=flops / step_s / 1e12,
