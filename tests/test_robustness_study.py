@@ -96,7 +96,11 @@ def test_sweep_own_args_subset_the_study_and_are_not_passed_on(tmp_path):
   assert cfg.data.tfds_name == "folder:/d" and cfg.data.tfds_split == "train"
   assert cfg.data.flip is False and cfg.eval.zeroshot.dataset == "folder:/d"
   assert spec.load_config("configs/robustness.py:dataset=cifar10").data.flip
-  for bad in ("seeds=0", "seeds=4", "ablations=no"):
+  runs = spec.expand(spec.load_sweep(_sweep_path("noises=0.4,seeds=1,ablations=0,"
+                                                 "steps=1500")), str(tmp_path))
+  assert [(r.overrides["loss.name"], r.overrides["data.caption_noise"], r.steps)
+          for r in runs] == [("clip", 0.4, 1500), ("psd", 0.4, 1500)]
+  for bad in ("seeds=0", "seeds=4", "ablations=no", "noises=0.2+2"):
     with pytest.raises(ValueError, match="noise_robustness"):
       spec.load_sweep(_sweep_path(bad))
 

@@ -10,9 +10,10 @@
         --sweep=launch/sweeps/noise_robustness.py:dataset=cifar10,data_dir=/data/tfds
 
 Runs of ``configs/robustness.py``. The sweep argument is passed on as the
-config argument (``dataset=``, ``data_dir=``, ``steps=``, ...), except two
-keys the sweep itself reads, to make a cheaper study on slow data:
-``seeds=N`` (the first N of the seeds) and ``ablations=0`` (main grid only).
+config argument (``dataset=``, ``data_dir=``, ``steps=``, ...), except three
+keys the sweep itself reads, to make a cheaper study (slow data, long runs):
+``seeds=N`` (the first N of the seeds), ``ablations=0`` (main grid only) and
+``noises=0.2+0.4`` (these caption-noise levels of the main grid only).
 The runs:
   * main grid: loss {clip, psd} x data.caption_noise {0, 0.2, 0.4} x 3 seeds;
   * PSD ablations at noise 0.4, each against the main PSD run there
@@ -42,7 +43,7 @@ ABLATIONS = (
 )
 
 
-SWEEP_ARGS = ("seeds", "ablations")
+SWEEP_ARGS = ("seeds", "ablations", "noises")
 
 
 def split_arg(arg: str | None) -> tuple[dict, str]:
@@ -59,8 +60,8 @@ def split_arg(arg: str | None) -> tuple[dict, str]:
 
 
 def get_sweep(arg: str | None = None) -> Sweep:
-  """``arg``: ``seeds=N``, ``ablations=0``, the rest passed to
-  configs/robustness.py (e.g. ``dataset=cifar10``)."""
+  """``arg``: ``seeds=N``, ``ablations=0``, ``noises=A+B``, the rest passed
+  to configs/robustness.py (e.g. ``dataset=cifar10``)."""
   own, arg = split_arg(arg)
   num_seeds = int(own.get("seeds", len(SEEDS)))
   if not 1 <= num_seeds <= len(SEEDS):
@@ -69,9 +70,14 @@ def get_sweep(arg: str | None = None) -> Sweep:
   if own.get("ablations", "1") not in ("0", "1"):
     raise ValueError("noise_robustness: ablations= must be 0 or 1, got "
                      f"{own['ablations']!r}")
+  noise = ([float(n) for n in own["noises"].split("+")] if "noises" in own
+           else list(NOISE))
+  if not all(0.0 <= n <= 1.0 for n in noise):
+    raise ValueError(f"noise_robustness: noises={own['noises']!r}, each must "
+                     "be in [0, 1]")
   seed_list = list(SEEDS[:num_seeds])
   seeds = grid(**{"train.seed": seed_list})
-  main = grid(**{"loss.name": list(LOSSES), "data.caption_noise": list(NOISE),
+  main = grid(**{"loss.name": list(LOSSES), "data.caption_noise": noise,
                  "train.seed": seed_list})
   ablations = product(
       [{"loss.name": "psd", "data.caption_noise": ABLATION_NOISE, **knob}
