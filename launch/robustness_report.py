@@ -331,6 +331,12 @@ def publish(root: str, doc: str, section: str) -> str:
       shutil.copyfile(os.path.join(root, name),
                       os.path.join(os.path.dirname(doc), rel, name))
       body = body.replace(f"]({name})", f"]({rel}/{name})")
+  splice(doc, section, body)
+  return doc
+
+
+def splice(doc: str, section: str, body: str) -> None:
+  """Replaces the text between the doc's ``results:<section>`` markers."""
   with open(doc) as f:
     text = f.read()
   begin, end = (f"<!-- results:{section}:begin -->",
@@ -341,7 +347,6 @@ def publish(root: str, doc: str, section: str) -> str:
   text = pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text, count=1)
   with open(doc, "w") as f:
     f.write(text)
-  return doc
 
 
 def main(argv):

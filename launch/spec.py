@@ -260,3 +260,11 @@ def trainer_flags(config: str, workdir: str, overrides: dict) -> list[str]:
   """``cvlg_jax.main`` flags for one run (each one argv element, unquoted)."""
   return [f"--config={config}", f"--workdir={workdir}",
           *(f"--config.{k}={format_value(v)}" for k, v in overrides.items())]
+
+
+def default_root(sweep_path: str) -> str:
+  """``runs/<sweep name>``; a sweep argument (``FILE:ARG``) is part of the
+  name, so e.g. another data set's runs never land on (and skip) these."""
+  path, arg = split_config(sweep_path)
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", name + (f"-{safe_name(arg)}" if arg else ""))

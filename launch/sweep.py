@@ -48,12 +48,7 @@ flags.mark_flag_as_required("sweep")
 STAGES = ("create", "install", "run", "delete")
 
 
-def default_root(sweep_path: str) -> str:
-  """``runs/<sweep name>``; a sweep argument (``FILE:ARG``) is part of the
-  name, so e.g. another data set's runs never land on (and skip) these."""
-  path, arg = spec.split_config(sweep_path)
-  name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("runs", name + (f"-{spec.safe_name(arg)}" if arg else ""))
+default_root = spec.default_root
 
 
 def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool):

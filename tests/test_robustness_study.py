@@ -366,3 +366,52 @@ def test_real_data_run_trains_on_class_captions_and_evaluates_zeroshot(tmp_path)
   md = open(robustness_report.write(results, root)[0]).read()
   assert "class-name captions of `cifar10`" in md
   assert "| 0.4 | PSD | 1/1 |" in md and "i2t R@1" not in md
+
+
+# ------------------------------------------------------- noise diagnosis ---
+
+def test_positive_probs_is_the_teachers_diagonal_both_ways():
+  from launch import noise_diagnosis
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+  img /= np.linalg.norm(img, axis=1, keepdims=True)
+  txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+  got = noise_diagnosis.positive_probs(img, txt, 20.0, temperature=2.0)
+  for i in range(6):
+    i2t = np.exp(10.0 * img[i] @ txt.T)
+    t2i = np.exp(10.0 * txt[i] @ img.T)
+    np.testing.assert_allclose(got[i], 0.5 * (i2t[i] / i2t.sum() + t2i[i] / t2i.sum()),
+                               rtol=1e-6)
+  # Identical pairs: each positive is the batch's best match.
+  assert (noise_diagnosis.positive_probs(img, img, 50.0) > 1 / 6).all()
+
+
+def test_noise_diagnosis_on_a_trained_tiny_run(tmp_path):
+  from cvlg_jax import train
+  from launch import noise_diagnosis
+  sweep_path = _sweep_path("tiny")
+  root = str(tmp_path / "sweep")
+  sweep = spec.load_sweep(sweep_path)
+  run = next(r for r in spec.expand(sweep, root) if r.overrides == {
+      "loss.name": "psd", "data.caption_noise": 0.4, "train.seed": 0})
+  cfg = spec.apply_overrides(spec.load_config(sweep.config), run.overrides)
+  train.run(cfg, run.workdir)
+  text, path = noise_diagnosis.diagnose(sweep_path, root, 0.4, num_batches=2)
+  assert path == os.path.join(root, "noise_diagnosis.md") and open(path).read() == text
+  (row,) = [l for l in text.splitlines() if l.startswith("| PSD |")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # 2 batches of 16 seen + 2 of 16 unseen pairs; one run, so no spread.
+  assert cells[:3] == ["PSD", "1", "64"] and len(cells) == 3 + 8 + 1
+  assert "CLIP" not in text and "±" not in row
+  values = [float(c) for c in cells[3:-1] if c != "–"]
+  assert len(values) >= 4 and all(0 < v < 1 for v in values)
+  assert -1 < float(cells[-1]) < 1
+  out = noise_diagnosis.diagnose_run(cfg, run.workdir, num_batches=1)
+  assert set(out) == {(k, s) for k in noise_diagnosis.KINDS for s in ("seen", "unseen")}
+  assert sum(len(v) for v in out.values()) == 2 * cfg.train.batch_size
+  assert 0 < sum(len(out[(k, "seen")]) for k in noise_diagnosis.KINDS[1:]) < 16
+  with pytest.raises(FileNotFoundError, match="no finished main-grid run"):
+    noise_diagnosis.diagnose(sweep_path, root, 0.2, num_batches=1)
+  with pytest.raises(ValueError, match="synthetic"):
+    bad = spec.load_config("configs/robustness.py:dataset=cifar10")
+    noise_diagnosis.diagnose_run(bad, run.workdir)

@@ -1,0 +1,187 @@
+"""Does a trained model see through noisy captions? PSD's premise, measured.
+
+PSD's soft targets only change training where the model's own similarity
+distribution (the teacher) disagrees with the caption it is given: for a
+noisy pair the teacher should put *less* probability on the paired caption
+(and image) than for a clean one, and the one-hot target should be pulling
+the model towards memorising that pair. This tool measures both on the
+finished runs of a synthetic-data sweep, from their last checkpoints:
+
+  * p(positive): the softmax probability of the paired caption among the
+    batch's captions (image->text) and of the paired image among its images
+    (text->image), averaged over both directions, in batches of the training
+    batch size, separately for clean pairs and each noise kind (swap,
+    partial, corrupt; ``cvlg_jax.data.synthetic``);
+  * on *seen* pairs (the training set, with the exact noisy captions the run
+    trained on) and on *unseen* ones (fresh scenes from the same generator
+    and noise process): seen - unseen on noisy pairs is how much of the
+    noise the model has memorised, i.e. what soft targets could undo.
+
+    python -m launch.noise_diagnosis --sweep=launch/sweeps/noise_robustness.py \\
+        --noise=0.4 --doc=docs/robustness.md --section=diagnosis
+
+writes ``ROOT/noise_diagnosis.md`` (and splices it into the doc's section).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import numpy as np
+
+KINDS = ("clean", "swap", "partial", "corrupt")
+
+
+def positive_probs(img: np.ndarray, txt: np.ndarray, scale: float,
+                   temperature: float = 1.0) -> np.ndarray:
+  """Per pair, the mean over both directions of the softmax probability of
+  the positive among the batch: what PSD's teacher gives the diagonal."""
+  logits = scale * (img @ txt.T) / temperature
+  def diag_softmax(x):
+    x = x - x.max(axis=1, keepdims=True)
+    return np.exp(np.diag(x)) / np.exp(x).sum(axis=1)
+  return 0.5 * (diag_softmax(logits) + diag_softmax(logits.T))
+
+
+def _restore(config, workdir):
+  """(tokenizer, model, variables) of the run's newest checkpoint."""
+  import orbax.checkpoint as ocp
+  from cvlg_jax import checkpointing, sharding, train_step
+  from cvlg_jax.evaluate import find_checkpoint
+  path, _ = find_checkpoint(workdir, None)
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer, model, tx, _ = train_step.build(config)
+  state, shardings = train_step.init_state(config, model, tx, mesh)
+  state = ocp.StandardCheckpointer().restore(
+      os.path.join(path, "state"), checkpointing.abstract_like(state, shardings))
+  return tokenizer, model, train_step.eval_variables(state)
+
+
+def diagnose_run(config, workdir: str, *, num_batches: int = 16,
+                 seed: int = 0) -> dict:
+  """{(kind, "seen"|"unseen"): [p(positive) per pair]} for one run."""
+  import jax
+  from cvlg_jax.data import synthetic
+  from cvlg_jax.train_step import normalize_images
+  if config.data.source != "synthetic":
+    raise ValueError("noise_diagnosis needs synthetic data (it reads which "
+                     f"captions are noisy); got data.source={config.data.source!r}")
+  tokenizer, model, variables = _restore(config, workdir)
+  encode = jax.jit(lambda v, x, t: model.apply(v, normalize_images(x), t)[:3])
+  d, b = config.data, config.train.batch_size
+  n = d.num_train
+  seen = synthetic.SyntheticImageText("train", n, d.image_size,
+                                      d.caption_noise, config.train.seed)
+  # Indices >= n are scenes the run never saw; same generator and noise.
+  fresh = synthetic.SyntheticImageText("train", n + num_batches * b,
+                                       d.image_size, d.caption_noise,
+                                       config.train.seed)
+  rng = np.random.default_rng(seed)
+  out = {(k, s): [] for k in KINDS for s in ("seen", "unseen")}
+  for which, source, pool in (("seen", seen, np.arange(n)),
+                              ("unseen", fresh, np.arange(n, n + num_batches * b))):
+    order = rng.permutation(pool)
+    for j in range(num_batches):
+      examples = [source[int(i)] for i in order[j * b:(j + 1) * b]]
+      images = np.stack([e["image"] for e in examples])
+      tokens = tokenizer([e["caption"] for e in examples])
+      img, txt, scale = jax.device_get(encode(variables, images, tokens))
+      probs = positive_probs(img, txt, float(scale),
+                             config.loss.psd.teacher_temperature)
+      for e, p in zip(examples, probs):
+        out[(e["noise"] or "clean", which)].append(float(p))
+  return out
+
+
+def _cell(values) -> str:
+  if not values:
+    return "–"
+  mean = statistics.fmean(values)
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{mean:.3f}" + (f" ± {std:.3f}" if len(values) > 1 else "")
+
+
+def render(per_loss: dict, noise: float, batch_size: int) -> str:
+  """``per_loss``: loss -> [per-run diagnose_run() dicts] (one per seed)."""
+  lines = [
+      "<!-- generated by `python -m launch.noise_diagnosis`; do not edit the "
+      "numbers by hand -->",
+      f"Caption noise {noise:g}; mean softmax probability of the positive "
+      f"among {batch_size} (both directions), per run, then mean ± std over "
+      "runs (seeds); *seen* = training pairs, *unseen* = fresh pairs from the "
+      "same generator and noise process.", "",
+      "| loss | runs | pairs | " + " | ".join(
+          f"{k} {s}" for k in KINDS for s in ("seen", "unseen"))
+      + " | memorised (noisy seen − unseen) |",
+      "|" + "---|" * (4 + 2 * len(KINDS))]
+  for loss, runs in sorted(per_loss.items()):
+    def per_run(key, run):
+      return statistics.fmean(run[key]) if run[key] else None
+    cells = []
+    for k in KINDS:
+      for s in ("seen", "unseen"):
+        vals = [v for v in (per_run((k, s), r) for r in runs) if v is not None]
+        cells.append(_cell(vals))
+    memorised = []
+    for r in runs:
+      noisy = {s: [p for k in KINDS[1:] for p in r[(k, s)]] for s in ("seen", "unseen")}
+      if noisy["seen"] and noisy["unseen"]:
+        memorised.append(statistics.fmean(noisy["seen"]) -
+                         statistics.fmean(noisy["unseen"]))
+    pairs = sum(len(v) for v in runs[0].values()) if runs else 0
+    lines.append(f"| {loss.upper()} | {len(runs)} | {pairs} | " + " | ".join(cells)
+                 + f" | {_cell(memorised)} |")
+  return "\n".join(lines) + "\n"
+
+
+def diagnose(sweep_path: str, root: str, noise: float, *,
+             num_batches: int = 16) -> tuple[str, str]:
+  """Diagnoses the finished main-grid runs of ``sweep_path`` at ``noise``;
+  returns (markdown, path written)."""
+  from launch import report, robustness_report, spec
+  sweep = spec.load_sweep(sweep_path)
+  root = os.path.abspath(root or spec.default_root(sweep_path))
+  results = report.collect(spec.expand(sweep, root))
+  per_loss, batch_size = {}, None
+  for (loss, n, extra), runs in sorted(robustness_report.groups(results).items()):
+    if extra or n != noise:
+      continue
+    for r in runs:
+      config = spec.apply_overrides(spec.load_config(sweep.config), r.run.overrides)
+      batch_size = config.train.batch_size
+      per_loss.setdefault(loss, []).append(
+          diagnose_run(config, r.run.workdir, num_batches=num_batches))
+  if not per_loss:
+    raise FileNotFoundError(f"no finished main-grid run at caption noise "
+                            f"{noise:g} under {root}")
+  text = render(per_loss, noise, batch_size)
+  path = os.path.join(root, "noise_diagnosis.md")
+  with open(path, "w") as f:
+    f.write(text)
+  return text, path
+
+
+def main(argv):
+  from absl import flags
+  from launch import robustness_report
+  del argv
+  f = flags.FLAGS
+  text, path = diagnose(f.sweep, f.root, f.noise, num_batches=f.batches)
+  print(text)
+  print(f"wrote {path}")
+  if f.doc:
+    robustness_report.splice(f.doc, f.section, text)
+    print(f"updated {f.doc}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("sweep", "launch/sweeps/noise_robustness.py",
+                      "Sweep file (FILE:ARG) whose runs to diagnose.")
+  flags.DEFINE_string("root", "", "Sweep root (default: the sweep's).")
+  flags.DEFINE_float("noise", 0.4, "Caption-noise level of the runs.")
+  flags.DEFINE_integer("batches", 16, "Batches of seen and of unseen pairs.")
+  flags.DEFINE_string("doc", "", "Markdown file to splice the table into.")
+  flags.DEFINE_string("section", "diagnosis", "Marker name in the doc.")
+  app.run(main)
