@@ -294,9 +294,13 @@ def test_clip_model_sizes_and_rn50_shapes():
   model, params, n = _count("rn50", 224, dtype="bfloat16")
   assert round(n / 1e6, 2) == 102.01
   assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+  variables = jax.eval_shape(model.init, jax.random.key(0),
+                             jnp.zeros((1, 224, 224, 3)),
+                             jnp.zeros((1, 77), jnp.int32))
+  assert set(variables) == {"params", "batch_stats"}  # BatchNorm, as CLIP's RN50
   img, txt, scale = jax.eval_shape(
-      lambda p: model.apply({"params": p}, jnp.zeros((2, 224, 224, 3)),
-                            jnp.zeros((2, 77), jnp.int32)), params)
+      lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)),
+                            jnp.zeros((2, 77), jnp.int32)), variables)
   assert img.shape == (2, 1024) and txt.shape == (2, 1024) and scale.shape == ()
   # bf16 towers, float32 embeddings and scale (the loss runs in float32).
   assert img.dtype == txt.dtype == scale.dtype == jnp.float32
