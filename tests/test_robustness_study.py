@@ -19,7 +19,8 @@ from launch import report, robustness_report, spec, sweep as sweep_cli
 SWEEP = "launch/sweeps/noise_robustness.py"
 REPO = spec.REPO
 KNOBS = {("loss.psd.subset_fraction", 0.25), ("loss.psd.subset_fraction", 1.0),
-         ("loss.psd.alpha_final", 0.8), ("loss.psd.teacher", "ema")}
+         ("loss.psd.alpha_final", 0.8), ("loss.psd.teacher", "ema"),
+         ("loss.psd.teacher_temperature", 0.5)}
 
 
 def _sweep_path(arg=""):
@@ -33,14 +34,14 @@ def test_sweep_is_the_study_grid_plus_ablations(tmp_path):
   runs = spec.expand(sweep, str(tmp_path), config_lib.validate)
   assert sweep.config == "configs/robustness.py"
   assert sweep.report is robustness_report.write
-  assert len(runs) == 30 and len({r.name for r in runs}) == 30
+  assert len(runs) == 33 and len({r.name for r in runs}) == 33
   main = [r.overrides for r in runs if set(r.overrides) ==
           {"loss.name", "data.caption_noise", "train.seed"}]
   assert sorted((o["loss.name"], o["data.caption_noise"], o["train.seed"])
                 for o in main) == [(l, n, s) for l in ("clip", "psd")
                                    for n in (0.0, 0.2, 0.4) for s in (0, 1, 2)]
   ablations = [r for r in runs if len(r.overrides) == 4]
-  assert len(ablations) == 12
+  assert len(ablations) == 15
   seen = {}
   for r in ablations:
     o = dict(r.overrides)
@@ -62,7 +63,7 @@ def test_sweep_argument_selects_real_data_and_its_own_root(tmp_path):
   sweep = spec.load_sweep(_sweep_path(arg))
   assert sweep.config == f"configs/robustness.py:{arg}"
   runs = spec.expand(sweep, str(tmp_path), config_lib.validate)
-  assert len(runs) == 30
+  assert len(runs) == 33
   cfg = spec.apply_overrides(spec.load_config(sweep.config), runs[0].overrides)
   assert cfg.data.source == "tfds_class_captions" and cfg.data.tfds_name == "cifar10"
   assert cfg.data.tfds_split == "train"
@@ -231,7 +232,8 @@ def _base(loss, noise, extra):
     return clip
   bonus = {(): 0.0, ("loss.psd.subset_fraction", 0.25): -0.03,
            ("loss.psd.subset_fraction", 1.0): 0.02,
-           ("loss.psd.alpha_final", 0.8): 0.04, ("loss.psd.teacher", "ema"): -0.01}
+           ("loss.psd.alpha_final", 0.8): 0.04, ("loss.psd.teacher", "ema"): -0.01,
+           ("loss.psd.teacher_temperature", 0.5): 0.05}
   return clip + 0.25 * noise + bonus[extra[0] if extra else ()]
 
 
@@ -295,7 +297,7 @@ def test_report_hook_tables_have_known_means_and_stds(tmp_path):
   assert f"| α_T = 0.8 | 3/3 | 44.0 ± 3.0 | 34.0 ± 3.0 | 39.0 ± 3.0 {tail} +4.0 ± 0.0 |" in md
   assert f"| teacher = ema | 3/3 | 39.0 ± 3.0 | 29.0 ± 3.0 | 34.0 ± 3.0 {tail} -1.0 ± 0.0 |" in md
   assert "| CLIP | 3/3 | 30.0 ± 2.0 | 20.0 ± 2.0 | 25.0 ± 2.0 | 1.010 ± 0.010 | -10.0 ± 5.0 |" in md
-  assert "Data: `synthetic`. 28/30 runs finished" in md
+  assert "Data: `synthetic`. 31/33 runs finished" in md
   from matplotlib import image
   for path, width in zip(paths[1:], (3 * 4.2 * 110, 10 * 110)):
     with open(path, "rb") as f:

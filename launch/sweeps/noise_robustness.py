@@ -17,8 +17,9 @@ keys the sweep itself reads, to make a cheaper study (slow data, long runs):
 The runs:
   * main grid: loss {clip, psd} x data.caption_noise {0, 0.2, 0.4} x 3 seeds;
   * PSD ablations at noise 0.4, each against the main PSD run there
-    (r = 0.5, alpha_T = 0.5, teacher = self): subset fraction r in
-    {0.25, 1.0}, alpha_T = 0.8, teacher = ema; 3 seeds each.
+    (r = 0.5, alpha_T = 0.5, teacher = self, T = 1): subset fraction r in
+    {0.25, 1.0}, alpha_T = 0.8, teacher = ema, teacher temperature T = 0.5;
+    3 seeds each.
 ``--report`` writes the generic report.{csv,md} and, through this sweep's
 hook, robustness.md with the study's tables and two figures (accuracy vs
 caption noise; PSD's soft-target mass on the positive during training).
@@ -40,6 +41,11 @@ ABLATIONS = (
     {"loss.psd.subset_fraction": 1.0},
     {"loss.psd.alpha_final": 0.8},
     {"loss.psd.teacher": "ema"},
+    # With the same-pass teacher at T = 1 the soft targets carry no gradient
+    # (d CE / d logits on a distilled row = (1 - alpha) (softmax - onehot)):
+    # PSD is then CLIP with those rows down-weighted. T != 1 lets the model's
+    # own (sharpened) belief into the gradient; see docs/robustness.md.
+    {"loss.psd.teacher_temperature": 0.5},
 )
 
 
