@@ -115,6 +115,41 @@ def test_no_gradient_leaks_through_the_teacher():
   assert not np.allclose(jax.grad(leaky)(u, v), g[0], rtol=1e-4)
 
 
+def test_same_pass_teacher_at_unit_temperature_only_reweights_clip_rows():
+  """The identity behind docs/robustness.md's reading: with the teacher from
+  the same forward pass at T = 1, d CE(S_i, (1 - a m_i) e_i + a m_i
+  sg(softmax S_i)) / d S_i = (1 - a m_i) (softmax S_i - e_i). PSD's gradient
+  is then CLIP's with the distilled rows down-weighted by (1 - alpha): the
+  soft targets themselves carry none. T != 1 (or an EMA teacher) breaks it."""
+  u, v = _embeddings(seed=5)
+  mask = np.arange(16) % 2 == 0
+  alpha, s = 0.5, 12.0
+  weight = 1.0 - alpha * mask
+
+  def reweighted_clip(u, v):
+    S = s * u @ v.T
+    rows = lambda S: -jnp.diagonal(jax.nn.log_softmax(S, axis=1))
+    return 0.5 * ((weight * rows(S)).mean() + (weight * rows(S.T)).mean())
+
+  def psd(temperature):
+    return lambda u, v: losses.contrastive_loss(
+        u, v, s, alpha=alpha, distill_mask=mask,
+        teacher_temperature=temperature)[0]
+
+  g_ref = jax.grad(reweighted_clip, argnums=(0, 1))(u, v)
+  for a, b in zip(jax.grad(psd(1.0), argnums=(0, 1))(u, v), g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  sharpened = jax.grad(psd(0.5), argnums=(0, 1))(u, v)
+  assert not np.allclose(sharpened[0], g_ref[0], rtol=1e-3, atol=1e-5)
+  # With every row distilled it is CLIP's gradient times (1 - alpha): what
+  # Adam, being scale-invariant, cannot tell from CLIP.
+  clip_grad = jax.grad(lambda u, v: losses.contrastive_loss(u, v, s)[0])(u, v)
+  all_rows = jax.grad(lambda u, v: losses.contrastive_loss(
+      u, v, s, alpha=alpha, distill_mask=np.ones(16, bool))[0])(u, v)
+  np.testing.assert_allclose(all_rows, (1 - alpha) * clip_grad, rtol=1e-5,
+                             atol=1e-7)
+
+
 @pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (2, 4)])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_sharded_loss_and_grads_equal_single_device(data, fsdp, alpha):
