@@ -43,6 +43,18 @@ def write_text_atomic(path: str, text: str) -> None:
   tmp.replace(path)
 
 
+def write_file(path: str, data: str | bytes) -> None:
+  """Writes text or bytes, creating a local parent folder (object stores
+  have none to create)."""
+  p = epath.Path(path)
+  if not is_remote(path):
+    p.parent.mkdir(parents=True, exist_ok=True)
+  if isinstance(data, bytes):
+    p.write_bytes(data)
+  else:
+    p.write_text(data)
+
+
 def append_text(path: str, text: str) -> None:
   if is_remote(path):
     old = read_text(path) if exists(path) else ""

@@ -13,10 +13,9 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import statistics
 
-from cvlg_jax import plot
+from cvlg_jax import fileio, plot
 from launch import spec
 
 SEED_KEY = "train.seed"
@@ -121,12 +120,6 @@ def write(root: str, runs: list[spec.Run]) -> tuple[str, str, str]:
   paths = []
   for name, text in (("report.csv", to_csv(results)), ("report.md", markdown)):
     path = spec.join(root, name)
-    if "://" in root:
-      from etils import epath
-      epath.Path(path).write_text(text)
-    else:
-      os.makedirs(root, exist_ok=True)
-      with open(path, "w") as f:
-        f.write(text)
+    fileio.write_file(path, text)
     paths.append(path)
   return paths[0], paths[1], markdown

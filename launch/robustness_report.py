@@ -33,7 +33,8 @@ import re
 import shutil
 import statistics
 
-from cvlg_jax import plot
+from cvlg_jax import fileio, plot
+from launch import spec
 
 LOSS, NOISE, SEED = "loss.name", "data.caption_noise", "train.seed"
 # (column label, candidate metric keys: synthetic evaluator, then zeroshot).
@@ -289,14 +290,8 @@ def mass_figure(results):
 
 
 def _write(root: str, name: str, data: bytes) -> str:
-  path = f"{root.rstrip('/')}/{name}" if "://" in root else os.path.join(root, name)
-  if "://" in root:
-    from etils import epath
-    epath.Path(path).write_bytes(data)
-  else:
-    os.makedirs(root, exist_ok=True)
-    with open(path, "wb") as f:
-      f.write(data)
+  path = spec.join(root, name)
+  fileio.write_file(path, data)
   return path
 
 
