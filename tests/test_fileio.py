@@ -13,6 +13,11 @@ def test_local_roundtrip(tmp_path):
   assert not (tmp_path / "sub" / "f.txt.tmp").exists()
   assert fileio.absolute("gs://bucket/run") == "gs://bucket/run"
   assert not fileio.exists("") and not fileio.isdir("")
+  # write_file makes the missing local folders, for text and bytes alike.
+  fileio.write_file(str(tmp_path / "new" / "deeper" / "r.md"), "table\n")
+  fileio.write_file(str(tmp_path / "new" / "f.png"), b"\x89PNG")
+  assert (tmp_path / "new" / "deeper" / "r.md").read_text() == "table\n"
+  assert (tmp_path / "new" / "f.png").read_bytes() == b"\x89PNG"
 
 
 def test_object_store_appends_by_rewriting(tmp_path, monkeypatch):
