@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any, NamedTuple
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,12 +44,22 @@ def find_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int]:
   return os.path.join(root, str(steps[-1])), steps[-1]
 
 
-def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
-  """Restores params, runs every ``config.eval`` entry; returns the report."""
+class Restored(NamedTuple):
+  path: str          # the checkpoint's step directory
+  step: int
+  tokenizer: Any
+  model: Any
+  mesh: Any
+  state: Any         # train_step.TrainState, in its training shardings
+  shardings: Any
+
+
+def restore(config, workdir: str, checkpoint: str | None = None) -> Restored:
+  """The train state of ``checkpoint`` (default: the run's newest), laid out
+  as the trainer lays it out, with the tokenizer and model that go with it."""
   import jax
   import orbax.checkpoint as ocp
   from cvlg_jax import checkpointing, config as config_lib, sharding, train_step
-  from cvlg_jax.evaluation import common
 
   config_lib.validate(config, num_devices=jax.device_count())
   path, step = find_checkpoint(workdir, checkpoint)
@@ -57,17 +68,26 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   state, shardings = train_step.init_state(config, model, tx, mesh)
   abstract = checkpointing.abstract_like(state, shardings)
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  return Restored(path, step, tokenizer, model, mesh, state, shardings)
 
+
+def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
+  """Restores params, runs every ``config.eval`` entry; returns the report."""
+  from cvlg_jax import train_step
+  from cvlg_jax.evaluation import common
+
+  path, step, tokenizer, model, mesh, state, shardings = restore(
+      config, workdir, checkpoint)
   from cvlg_jax.train import make_eval_context
   ctx = make_eval_context(model, mesh, train_step.eval_variables(shardings),
                           tokenizer, config.data.image_size,
                           config.train.batch_size)
   evaluators, skipped = common.build_all(config.eval, ctx)
+  variables = train_step.eval_variables(state)
   results = {}
   for name, evaluator in evaluators.items():
     try:
-      results[name] = {k: float(v) for k, v in evaluator.run(
-          train_step.eval_variables(state)).items()}
+      results[name] = {k: float(v) for k, v in evaluator.run(variables).items()}
     except common.DatasetUnavailable as e:
       skipped[name] = str(e)
   report = dict(step=step, checkpoint=path, results=results, skipped=skipped)

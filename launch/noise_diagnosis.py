@@ -44,31 +44,19 @@ def positive_probs(img: np.ndarray, txt: np.ndarray, scale: float,
   return 0.5 * (diag_softmax(logits) + diag_softmax(logits.T))
 
 
-def _restore(config, workdir):
-  """(tokenizer, model, variables) of the run's newest checkpoint."""
-  import orbax.checkpoint as ocp
-  from cvlg_jax import checkpointing, sharding, train_step
-  from cvlg_jax.evaluate import find_checkpoint
-  path, _ = find_checkpoint(workdir, None)
-  mesh = sharding.make_mesh(config.mesh)
-  tokenizer, model, tx, _ = train_step.build(config)
-  state, shardings = train_step.init_state(config, model, tx, mesh)
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(path, "state"), checkpointing.abstract_like(state, shardings))
-  return tokenizer, model, train_step.eval_variables(state)
-
-
 def diagnose_run(config, workdir: str, *, num_batches: int = 16,
                  seed: int = 0) -> dict:
   """{(kind, "seen"|"unseen"): [p(positive) per pair]} for one run."""
   import jax
+  from cvlg_jax import evaluate
   from cvlg_jax.data import synthetic
-  from cvlg_jax.train_step import normalize_images
+  from cvlg_jax.train_step import eval_variables, normalize_images
   if config.data.source != "synthetic":
     raise ValueError("noise_diagnosis needs synthetic data (it reads which "
                      f"captions are noisy); got data.source={config.data.source!r}")
-  tokenizer, model, variables = _restore(config, workdir)
-  encode = jax.jit(lambda v, x, t: model.apply(v, normalize_images(x), t)[:3])
+  run = evaluate.restore(config, workdir)
+  tokenizer, model, variables = run.tokenizer, run.model, eval_variables(run.state)
+  encode = jax.jit(lambda v, x, t: model.apply(v, normalize_images(x), t))
   d, b = config.data, config.train.batch_size
   n = d.num_train
   seen = synthetic.SyntheticImageText("train", n, d.image_size,
