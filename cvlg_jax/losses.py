@@ -45,11 +45,24 @@ _SUM_KEYS = ("loss", "clip_loss", "positive_mass", "hardest_negative_mass",
 _sg = jax.lax.stop_gradient
 
 
+# Teacher logit of a column the teacher has no embedding for (a bank row never
+# filled): finite, so running maxima and their differences never turn NaN,
+# yet exp(_MASKED / T - lse) underflows to exactly 0 for any sane T.
+_MASKED = -1e9
+
+
 class Teacher(NamedTuple):
-  """Embeddings of an EMA teacher (DESIGN §1 ablation); None means self."""
+  """Another model's embeddings of the batch (EMA copy, embedding bank);
+  ``teacher=None`` means the student's own logits (self).
+
+  ``valid`` (bool [N], optional) marks the pairs the teacher has embeddings
+  for: an invalid pair's column gets no teacher mass and its row falls back to
+  the one-hot target. All fields are constants to the loss (stop-gradient).
+  """
   image_emb: jax.Array
   text_emb: jax.Array
   logit_scale: jax.Array
+  valid: jax.Array | None = None
 
 
 class _Stats(NamedTuple):
@@ -67,9 +80,10 @@ def _row_terms(kind, x):
 
 
 def _dense_stats(kind, distill, qs, keys, bias, diag, temperature, teacher):
-  """All n x N logits at once; ``teacher`` = (s_t q_t, k_t) or None (self)."""
+  """All n x N logits at once; ``teacher`` = (s_t q_t, k_t, key bias) or None
+  (self); the key bias is 0, or _MASKED for columns without a teacher."""
   x = qs @ keys.T + bias
-  t = _sg(x) if teacher is None else teacher[0] @ teacher[1].T
+  t = _sg(x) if teacher is None else teacher[0] @ teacher[1].T + teacher[2]
   off = jnp.arange(keys.shape[0])[None, :] != diag[:, None]
   maxneg = jnp.max(jnp.where(off, t, -jnp.inf), axis=-1)
   zero = jnp.zeros_like(maxneg)
@@ -89,12 +103,18 @@ def _ring(axis, size):
 
 
 def _chunks(k, chunk):
-  n, d = k.shape
+  """[n, ...] -> [n / c, c, ...] with c = min(chunk, n)."""
+  n = k.shape[0]
   c = min(chunk, n)
   if n % c:
     raise ValueError(f"loss.chunk_size={chunk} must divide the {n} key rows "
                      "each device holds (global batch / devices)")
-  return k.reshape(n // c, c, d), c
+  return k.reshape(n // c, c, *k.shape[1:]), c
+
+
+def _teacher_chunks(tkb, chunk):
+  """Teacher key block (k_t, key bias) in chunks, or None (self teacher)."""
+  return None if tkb is None else jax.tree.map(lambda a: _chunks(a, chunk)[0], tkb)
 
 
 def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
@@ -114,7 +134,7 @@ def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
   def chunk_step(carry, xs):
     kc, tkc, start, first_block = xs
     x = qs @ kc.T + bias
-    t = x if teacher is None else teacher[0] @ tkc.T
+    t = x if teacher is None else teacher[0] @ tkc[0].T + tkc[1]
     diag = first_block & (start + jnp.arange(kc.shape[0])[None, :] == rows[:, None])
     st = dict(carry, maxneg=jnp.maximum(
         carry["maxneg"], jnp.max(jnp.where(diag, -jnp.inf, t), axis=-1)))
@@ -137,7 +157,7 @@ def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
   def block_step(carry, step):
     st, kb, tkb = carry
     kcs, c = _chunks(kb, chunk)
-    tkcs = None if teacher is None else _chunks(tkb, chunk)[0]
+    tkcs = _teacher_chunks(tkb, chunk)
     starts = jnp.arange(kcs.shape[0]) * c
     first = jnp.broadcast_to(step == 0, starts.shape)
     st, _ = jax.lax.scan(chunk_step, st, (kcs, tkcs, starts, first))
@@ -149,7 +169,7 @@ def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
     init.update(m=ninf)
   if distill:
     init.update(wt=zero) if shared else init.update(mt=ninf, st=zero, wt=zero)
-  tk = None if teacher is None else teacher[1]
+  tk = None if teacher is None else teacher[1:]
   (st, _, _), _ = jax.lax.scan(block_step, (init, k, tk), jnp.arange(size))
   a = st["m"] + jnp.log(st["s"]) if kind == "softmax" else st["s"]
   if not distill:
@@ -192,19 +212,19 @@ def _stream_bwd(kind, distill, shared, chunk, axis, size, res, ct):
     else:
       g = ga[:, None] * jax.nn.sigmoid(x)
     if distill and not shared:
-      t = x if teacher is None else teacher[0] @ tkc.T
+      t = x if teacher is None else teacher[0] @ tkc[0].T + tkc[1]
       g = g + gb[:, None] * jnp.exp(t / temperature - t_lse[:, None])
     return (dqs + g @ kc, dbias + jnp.sum(g)), g.T @ qs
 
   def block_step(carry, _):
     dqs, dbias, kb, tkb, dkb = carry
     kcs, _ = _chunks(kb, chunk)
-    tkcs = None if teacher is None else _chunks(tkb, chunk)[0]
+    tkcs = _teacher_chunks(tkb, chunk)
     (dqs, dbias), dks = jax.lax.scan(chunk_step, (dqs, dbias), (kcs, tkcs))
     kb, tkb, dkb = ring((kb, tkb, dkb + dks.reshape(kb.shape)))
     return (dqs, dbias, kb, tkb, dkb), None
 
-  tk = None if teacher is None else teacher[1]
+  tk = None if teacher is None else teacher[1:]
   init = (jnp.zeros_like(qs), jnp.zeros_like(bias), k, tk, jnp.zeros_like(k))
   (dqs, dbias, _, _, dk), _ = jax.lax.scan(block_step, init, jnp.arange(size))
   return (dqs, dk, dbias, jnp.zeros_like(temperature),
@@ -214,20 +234,29 @@ def _stream_bwd(kind, distill, shared, chunk, axis, size, res, ct):
 _stream_stats.defvjp(_stream_fwd, _stream_bwd)
 
 
-def _row_sums(stats, pos, t_pos, weight, mask, temperature, distill):
-  """Per-row loss and diagnostics from the statistics, summed over rows."""
+def _row_sums(stats, pos, t_pos, weight, mask, valid, temperature, distill):
+  """Per-row loss and diagnostics from the statistics, summed over rows.
+
+  ``mask`` is the distilled subset, already restricted to ``valid`` rows (those
+  with a teacher); ``weight`` = alpha * mask.
+  """
   clip = stats.a - pos
   if distill:
     loss = stats.a - (1 - weight) * pos - weight * stats.b
-    p_pos = jnp.exp(t_pos / temperature - stats.t_lse)
-    p_neg = jnp.exp(stats.t_maxneg / temperature - stats.t_lse)
+    # A row without a teacher may have every teacher column masked, where
+    # these ratios overflow; its weight is 0, so define them as 0 there.
+    p_pos = jnp.where(valid, jnp.exp(t_pos / temperature - stats.t_lse), 0.0)
+    p_neg = jnp.where(valid, jnp.exp(stats.t_maxneg / temperature - stats.t_lse),
+                      0.0)
     positive_mass, hardest = (1 - weight) + weight * p_pos, weight * p_neg
   else:
     loss, positive_mass, hardest = clip, jnp.ones_like(clip), jnp.zeros_like(clip)
   sums = dict(loss=loss, clip_loss=clip, positive_mass=positive_mass,
               hardest_negative_mass=hardest,
-              # Ties count as agreement (argmax picks no favourite among them).
-              teacher_top1_agreement=t_pos >= stats.t_maxneg, distilled=mask)
+              # Ties count as agreement (argmax picks no favourite among them);
+              # a row without a teacher never agrees.
+              teacher_top1_agreement=valid & (t_pos >= stats.t_maxneg),
+              distilled=mask)
   return {k: jnp.sum(v.astype(jnp.float32)) for k, v in sums.items()}
 
 
@@ -242,30 +271,38 @@ def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *
   """
   n = img.shape[0]
   pos = scale * jnp.sum(img * txt, axis=-1) + bias
+  valid = jnp.ones((n,), bool)
   if teacher is None:
-    t_pos, t_pairs = _sg(pos), ((None, None), (None, None))
+    t_pos, t_pairs = _sg(pos), (None, None)
   else:
-    ts = teacher.logit_scale
-    t_pos = ts * jnp.sum(teacher.image_emb * teacher.text_emb, axis=-1)
-    t_pairs = ((ts * teacher.image_emb, teacher.text_emb),
-               (ts * teacher.text_emb, teacher.image_emb))
+    # The teacher is a constant here, whatever the caller passes: the dense
+    # path must not differentiate into it (the streamed one never does).
+    t_img, t_txt, ts = map(_sg, teacher[:3])
+    t_pos = ts * jnp.sum(t_img * t_txt, axis=-1)
+    if teacher.valid is None:  # zeros_like: varying over the mesh like t_pos
+      key_bias = jnp.zeros_like(t_pos)
+    else:
+      valid = teacher.valid
+      key_bias = jnp.where(valid, 0.0, _MASKED).astype(jnp.float32)
+    t_pairs = ((ts * t_img, t_txt, key_bias), (ts * t_txt, t_img, key_bias))
+  mask = mask & valid
   weight = alpha * mask.astype(jnp.float32)
   gather = ((lambda x: jax.lax.all_gather(x, axis, axis=0, tiled=True))
             if axis else (lambda x: x))
   offset = jax.lax.axis_index(axis) * n if axis else 0
   total = {k: 0.0 for k in _SUM_KEYS}
-  for q, k, (tq, tk) in ((img, txt, t_pairs[0]), (txt, img, t_pairs[1])):
-    t = None if tq is None else (tq, tk)
+  for q, k, t in ((img, txt, t_pairs[0]), (txt, img, t_pairs[1])):
     if chunk:
       b = jax.lax.pcast(bias, axis, to="varying") if axis else bias
       shared = distill and unit_temperature and t is None and kind == "softmax"
       stats = _stream_stats(kind, distill, shared, chunk, axis, size, scale * q,
                             k, b, temperature, t)
     else:
-      t = None if t is None else (t[0], gather(t[1]))
+      t = None if t is None else (t[0], gather(t[1]), gather(t[2]))
       stats = _dense_stats(kind, distill, scale * q, gather(k), bias,
                            offset + jnp.arange(n), temperature, t)
-    sums = _row_sums(stats, pos, t_pos, weight, mask, temperature, distill)
+    sums = _row_sums(stats, pos, t_pos, weight, mask, valid, temperature,
+                     distill)
     total = {key: total[key] + sums[key] for key in _SUM_KEYS}
   return total
 
@@ -301,7 +338,8 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, alpha=0.0,
     alpha: current PSD weight; 0 is plain CLIP / SigLIP.
     distill_mask: bool [N], rows that get soft targets; None = every row.
     teacher_temperature: T in softmax(S / T) for the teacher.
-    teacher: optional :class:`Teacher` (EMA); default is the model itself.
+    teacher: optional :class:`Teacher` (EMA copy, embedding bank); default is
+      the model itself.
     logit_bias: SigLIP's learned bias b (sigmoid only).
     kind: "softmax" (CLIP/PSD) or "sigmoid" (SigLIP).
     chunk_size: 0 = dense; else the streamed kernel, this many keys at a time.
@@ -342,7 +380,8 @@ def sharded_contrastive_loss(mesh, batch_axes=("data", "fsdp"), *,
   def fn(image_emb, text_emb, logit_scale, alpha, distill_mask, temperature,
          teacher=None, logit_bias=None):
     bias = _check(kind, logit_bias)
-    teacher_spec = None if teacher is None else Teacher(rows, rows, P())
+    teacher_spec = None if teacher is None else Teacher(
+        rows, rows, P(), None if teacher.valid is None else rows)
 
     def local(img, txt, scale, bias, alpha, mask, temp, teacher):
       sums = _both_directions(img, txt, scale, bias, alpha, mask, temp, teacher,

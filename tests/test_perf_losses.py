@@ -77,15 +77,19 @@ def test_plain_clip_path_equals_psd_with_zero_alpha():
 
 
 # (kind, distill, teacher, temperature, mesh, chunk): CLIP, PSD with the self
-# teacher (T = 1 and T != 1) and the EMA teacher, SigLIP and SigLIP + PSD.
-# T is passed as a Python float, as the train step does.
+# teacher (T = 1 and T != 1), the EMA teacher and the bank teacher (some pairs
+# without embeddings), SigLIP and SigLIP + PSD. T is passed as a Python
+# float, as the train step does.
 CASES = [
     ("softmax", False, None, 1.0, (8, 1), 2),
     ("softmax", True, None, 1.0, (8, 1), 8),   # T = 1: shared-softmax kernel
     ("softmax", True, None, 0.5, (4, 2), 4),
     ("softmax", True, "ema", 0.7, (8, 1), 1),
+    ("softmax", True, "bank", 1.0, (8, 1), 2),
+    ("softmax", True, "bank", 0.5, (2, 4), 4),
     ("sigmoid", False, None, 1.0, (4, 2), 2),
     ("sigmoid", True, "ema", 2.0, (4, 2), 4),
+    ("sigmoid", True, "bank", 1.0, (4, 2), 2),
 ]
 
 
@@ -102,8 +106,10 @@ def test_chunked_equals_unchunked(kind, distill, teacher, temperature,
   tu, tv = _embeddings(n, 16, seed=6)
   mask = np.asarray(losses.distill_mask(jax.random.key(7), n, 0.5))
   put = lambda x: jax.device_put(x, rows)  # noqa: E731
+  # A bank teacher has no embeddings yet for every 3rd pair.
+  valid = put(np.arange(n) % 3 != 1) if teacher == "bank" else None
   t = (None if teacher is None
-       else losses.Teacher(put(tu), put(tv), jnp.float32(9.0)))
+       else losses.Teacher(put(tu), put(tv), jnp.float32(9.0), valid))
   bias = jnp.float32(-4.0) if kind == "sigmoid" else None
 
   def sharded(c):
