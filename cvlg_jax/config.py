@@ -14,7 +14,11 @@ from cvlg_jax import fileio
 # psd = CLIP + PSD soft targets; siglip = sigmoid loss (learned bias);
 # siglip_psd = SigLIP with PSD soft labels (see losses.py).
 LOSSES = ("clip", "psd", "siglip", "siglip_psd")
-PSD_TEACHERS = ("self", "ema")
+# self: the student's own logits (same pass); ema: an EMA copy of the params
+# (one more forward pass); bank: each example's embeddings from the last time
+# it was seen (cvlg_jax/bank.py; memory, no FLOPs). docs/design.md, "Teachers".
+PSD_TEACHERS = ("self", "ema", "bank")
+BANK_DTYPES = ("bfloat16", "float32")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
 # tfds_class_captions: a registered classification set (data.tfds_name, e.g.
@@ -40,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
       context_length=32,
       image_size=32,
       num_train=20_000,          # synthetic: size of one epoch
+      # num_heldout examples of the training source (a fixed pseudo-random
+      # subset; synthetic: drawn in addition to num_train) are never trained
+      # on; the "heldout" evaluator scores them, to choose knobs by.
+      num_heldout=0,
       caption_noise=0.0,         # synthetic / tfds_class_captions: noisy fraction
       data_dir="",               # arrayrecord shards / TFDS data_dir
       tfds_name="", tfds_split="train",
@@ -61,8 +69,12 @@ def base_config() -> ml_collections.ConfigDict:
           subset="random",        # random | all
           subset_fraction=0.5,
           teacher_temperature=1.0,
-          teacher="self",         # self | ema
+          teacher="self",         # self | ema | bank
           ema_decay=0.999,
+          bank_dtype="bfloat16",  # bank: storage dtype of the embeddings
+          # bank: refuse to start when each device's share of the bank
+          # (examples / devices x 2 x embed_dim x bytes) exceeds this.
+          bank_max_gib=4.0,
       ),
   )
 
@@ -143,6 +155,27 @@ def _positive(config, *paths):
       raise ConfigError(f"config.{path}={config[group][key]} must be > 0")
 
 
+def _check_bank_fits(config, num_devices: int) -> None:
+  """The embedding bank (one row per training example) within its budget."""
+  from cvlg_jax import bank
+  from cvlg_jax.data import pipeline
+  from cvlg_jax.models.registry import MODELS
+  psd = config.loss.psd
+  try:
+    examples = pipeline.num_train_examples(config)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"config.loss.psd.teacher='bank' needs the training set "
+                      f"size, but its source did not open: {e}") from None
+  dim = MODELS[config.model.name]["embed_dim"]
+  gib = bank.bytes_per_device(examples, dim, psd.bank_dtype, num_devices) / 2 ** 30
+  if gib > psd.bank_max_gib:
+    raise ConfigError(
+        f"config.loss.psd.bank_max_gib={psd.bank_max_gib}: the embedding bank "
+        f"needs {gib:.3g} GiB per device ({examples} examples x 2 x {dim} "
+        f"{psd.bank_dtype} over {num_devices} devices); raise the budget, use "
+        "more devices or bank_dtype=bfloat16, or teacher=ema/self")
+
+
 def validate(config, num_devices: int | None = None) -> None:
   """Raises :class:`ConfigError` with one clear line for the first problem."""
   from cvlg_jax import sharding
@@ -158,6 +191,10 @@ def validate(config, num_devices: int | None = None) -> None:
   _in_range(psd.subset_fraction, 0.0, 1.0, "loss.psd.subset_fraction")
   _in_range(psd.ema_decay, 0.0, 1.0, "loss.psd.ema_decay")
   _choice(psd.teacher, PSD_TEACHERS, "loss.psd.teacher")
+  _choice(psd.bank_dtype, BANK_DTYPES, "loss.psd.bank_dtype")
+  if psd.bank_max_gib <= 0:
+    raise ConfigError(f"config.loss.psd.bank_max_gib={psd.bank_max_gib} must "
+                      "be > 0")
   _choice(psd.subset, PSD_SUBSETS, "loss.psd.subset")
   _choice(psd.ramp_unit, RAMP_UNITS, "loss.psd.ramp_unit")
   if psd.teacher_temperature <= 0:
@@ -206,6 +243,8 @@ def validate(config, num_devices: int | None = None) -> None:
             "train.steps", "train.batch_size", "train.log_every",
             "train.eval_every", "train.checkpoint_every",
             "train.keep_checkpoints", "optim.learning_rate")
+  if data.num_heldout < 0:
+    raise ConfigError(f"config.data.num_heldout={data.num_heldout} must be >= 0")
   if data.worker_count < 0:
     raise ConfigError(f"config.data.worker_count={data.worker_count} must be >= 0")
   if config.optim.warmup_steps < 0:
@@ -239,6 +278,8 @@ def validate(config, num_devices: int | None = None) -> None:
       raise ConfigError(
           f"config.loss.chunk_size={chunk} must divide the {per_device} "
           "examples per device (the key block each device streams)")
+    if config.loss.name in ("psd", "siglip_psd") and psd.teacher == "bank":
+      _check_bank_fits(config, num_devices)
 
   if config.eval:
     from cvlg_jax.evaluation.common import registered_types

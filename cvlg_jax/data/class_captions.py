@@ -71,6 +71,16 @@ class ClassCaptions:
   def is_noisy(self, index: int) -> bool:
     return bool(self._noisy[index])
 
+  # The noise protocol of training sources (as data.synthetic).
+  def noise_kind(self, index: int) -> str:
+    """"label" when the captions name a wrong class, else ""."""
+    return "label" if self._noisy[index] else ""
+
+  def clean_captions(self, index: int) -> list[str]:
+    """The captions of the example's true class."""
+    _, label = self.source[index]
+    return list(self._captions[int(label)])
+
   def caption_class(self, index: int, label: int) -> int:
     """The class the captions of example ``index`` (true class ``label``) name."""
     if not self._noisy[index]:

@@ -112,9 +112,12 @@ def _read_caption(row: Row, multiline: bool) -> str | list[str]:
   return decode.clean_caption(value)
 
 
-def convert_row(row: Row, opts: ImageOptions, multiline: bool = False
-                ) -> tuple[bytes | None, str]:
-  """One row -> (record bytes, "copied" | "reencoded") or (None, skip reason)."""
+def convert_row(row: Row, opts: ImageOptions, multiline: bool = False,
+                row_id: int | None = None) -> tuple[bytes | None, str]:
+  """One row -> (record bytes, "copied" | "reencoded") or (None, skip reason).
+
+  ``row_id`` (the row's position in the input) is stored as the record's id.
+  """
   if row.error:
     return None, row.error
   try:
@@ -130,7 +133,7 @@ def convert_row(row: Row, opts: ImageOptions, multiline: bool = False
     logging.warning("row %r: %s: %s (counted as undecodable_image)", row.key,
                     type(e).__name__, e)
     return None, "undecodable_image"
-  return (records.encode_record(row.key, image, caption),
+  return (records.encode_record(row.key, image, caption, row_id=row_id),
           "reencoded" if reencoded else "copied")
 
 
@@ -143,6 +146,7 @@ class ShardTask:
   prefix: str
   opts: ImageOptions
   multiline: bool = False
+  first_row: int = 0   # input position of rows[0]: record ids are positions
 
   @property
   def path(self) -> str:
@@ -169,8 +173,9 @@ def convert_shard(task: ShardTask) -> dict[str, Any]:
   tmp = task.path + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")  # Fast single-record reads.
   try:
-    for row in task.rows:
-      record, outcome = convert_row(row, task.opts, task.multiline)
+    for i, row in enumerate(task.rows):
+      record, outcome = convert_row(row, task.opts, task.multiline,
+                                    row_id=task.first_row + i)
       counts[outcome] += 1
       if record is not None:
         writer.write(record)
@@ -246,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = convert_inputs.iter_rows(args.input_format, args.input, **row_kwargs)
     for index, chunk in enumerate(_chunks(rows, per_shard)):
       task = ShardTask(index, num_shards, chunk, args.output_dir, args.prefix, opts,
-                       args.multiline_captions)
+                       args.multiline_captions, first_row=index * per_shard)
       if os.path.exists(task.path) and os.path.exists(task.stats_path):
         with open(task.stats_path) as f:
           shard_stats.append(json.load(f))

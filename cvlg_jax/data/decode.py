@@ -229,6 +229,8 @@ def decode_example(record: dict[str, Any] | Rejection,
                                     image_size=image_size, **image_kwargs)
     if "label" in record:
       out["label"] = np.int32(record["label"])
+    if "example_id" in record:  # set by the pipeline (data.pipeline)
+      out["example_id"] = record["example_id"]
     return out
   except BadExample as e:
     return Rejection(e.reason, key, str(e))

@@ -5,6 +5,10 @@ Batches are host-local dicts of numpy arrays, ``image`` uint8 [b, S, S, 3]
 [b, L], where b = global batch / process count. Real-data batches also carry
 ``skipped`` int32 [b, len(SKIP_REASONS)]: bad records dropped before each
 example (see data.skipping), which the loop pops and adds to its metrics.
+Every batch carries ``example_id`` int32 [b]: each example's index among the
+trained examples (the source's index when nothing is held out), the same in
+every epoch, worker, host and resumed run (the embedding-bank teacher's key,
+see cvlg_jax.bank).
 
 The iterator is a Grain ``DatasetIterator`` whose state goes into every
 checkpoint, so a resumed run sees exactly the batches an uninterrupted one
@@ -15,6 +19,7 @@ would. Decoding and augmentation run in Grain worker processes when
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -25,16 +30,37 @@ from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
 from cvlg_jax.data.tokenizers import Tokenizer
 
 
+EXAMPLE_ID = "example_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class WithExampleId:
+  """Tags a raw record with its source index (before any shuffle), so the id
+  names the same example however the data is later ordered or split.
+
+  Grain hands a source's map the index *before* wrapping it into the source
+  (a shuffled, repeated dataset asks for epoch * n + i): hence the modulo.
+  """
+  num_examples: int
+
+  def __call__(self, index, record):
+    if not isinstance(record, dict):  # a Rejection: dropped and counted later
+      return record
+    return {**record, EXAMPLE_ID: np.int32(index % self.num_examples)}
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizeCaption(grain.transforms.Map):
-  """{"image", "caption", ...} -> {"image", "tokens"[, "skipped"]}."""
+  """{"image", "caption", ...} -> {"image", "tokens"[, "example_id",
+  "skipped"]}."""
   tokenizer: Tokenizer
 
   def map(self, example):
     out = {"image": np.asarray(example["image"], np.uint8),
            "tokens": self.tokenizer([example["caption"]])[0]}
-    if SKIPPED_KEY in example:
-      out[SKIPPED_KEY] = example[SKIPPED_KEY]
+    for key in (EXAMPLE_ID, SKIPPED_KEY):
+      if key in example:
+        out[key] = example[key]
     return out
 
 
@@ -43,7 +69,8 @@ def train_source(config):
   data = config.data
   if data.source == "synthetic":
     return synthetic.SyntheticImageText(
-        "train", num_examples=data.num_train, image_size=data.image_size,
+        "train", num_examples=data.num_train + data.num_heldout,
+        image_size=data.image_size,
         caption_noise=data.caption_noise, seed=config.train.seed)
   from cvlg_jax.data import sources
   if data.source == "arrayrecord":
@@ -60,6 +87,60 @@ def train_source(config):
   raise ValueError(f"data.source={data.source!r} is unknown")
 
 
+class TrainData(NamedTuple):
+  """The training source and which of its examples are trained on.
+
+  ``heldout`` (``data.num_heldout`` indices) is a fixed pseudo-random subset,
+  the same for every run on this source, that training never reads;
+  ``trained`` lists the rest in source order (None: all of them).
+  """
+  source: Any
+  trained: np.ndarray | None
+  heldout: np.ndarray
+
+  def trained_indices(self) -> np.ndarray:
+    return np.arange(len(self.source)) if self.trained is None else self.trained
+
+
+_HELDOUT_SALT = 0x4e1d  # the held-out subset depends on the source size only
+
+
+def train_data(config, source=None) -> TrainData:
+  source = train_source(config) if source is None else source
+  n, k = len(source), config.data.num_heldout
+  if k >= n:
+    raise ValueError(f"data.num_heldout={k} leaves no training examples of "
+                     f"the {n} in the source")
+  if n - k >= 2 ** 31:
+    raise ValueError(f"{n - k} training examples overflow the int32 example_id")
+  if not k:
+    return TrainData(source, None, np.zeros((0,), np.int64))
+  order = np.random.default_rng((_HELDOUT_SALT, n)).permutation(n)
+  return TrainData(source, np.sort(order[k:]), np.sort(order[:k]))
+
+
+class _Subset:
+  """Random access to ``source[indices[i]]`` (the trained examples)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    return self.source[int(self.indices[index.__index__()])]
+
+  def __getitems__(self, indices):
+    picked = [int(self.indices[i]) for i in indices]
+    if hasattr(self.source, "__getitems__"):
+      return self.source.__getitems__(picked)
+    return [self.source[i] for i in picked]
+
+  def __repr__(self) -> str:
+    return f"{self.source!r}[{len(self)} trained examples]"
+
+
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
   """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset."""
@@ -69,7 +150,10 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
   if config.train.batch_size % process_count:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not "
                      f"divisible by the {process_count} processes")
-  ds = grain.MapDataset.source(train_source(config))
+  split = train_data(config)
+  trained = (split.source if split.trained is None
+             else _Subset(split.source, split.trained))
+  ds = grain.MapDataset.source(trained).map_with_index(WithExampleId(len(trained)))
   # Same seed on every host, so the shuffled order is global; each process
   # then reads a disjoint 1/process_count of it.
   ds = ds.seed(config.train.seed).shuffle().repeat()[process_index::process_count]
@@ -88,5 +172,11 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
   return it_ds
 
 
+def num_train_examples(config) -> int:
+  """Examples trained on: one epoch, and the range of the example ids."""
+  source = train_source(config)
+  return len(source) - len(train_data(config, source).heldout)
+
+
 def steps_per_epoch(config) -> int:
-  return max(1, len(train_source(config)) // config.train.batch_size)
+  return max(1, num_train_examples(config) // config.train.batch_size)

@@ -1,6 +1,9 @@
 """The on-disk image-text record: one msgpack map per ArrayRecord record.
 
-``{"key": str, "image": bytes (JPEG), "caption": str | list[str]}``. msgpack
+``{"key": str, "image": bytes (JPEG), "caption": str | list[str][, "id": int]}``
+(``id``: the converter's input row number, so that an example -- e.g. a row of
+the embedding bank, which the pipeline keys by source index -- can be traced
+back to its input row). msgpack
 rather than tf.train.Example so that reading needs neither TensorFlow nor a
 schema, and a record stays one self-describing value.
 """
@@ -19,16 +22,18 @@ _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})"
                        + re.escape(SHARD_SUFFIX) + "$")
 
 
-def encode_record(key: str, image: bytes, caption: str | list[str]) -> bytes:
+def encode_record(key: str, image: bytes, caption: str | list[str], *,
+                  row_id: int | None = None) -> bytes:
   """Serialises one example; captions may be one string or several."""
   if not isinstance(image, (bytes, bytearray)):
     raise TypeError(f"image must be encoded bytes, got {type(image).__name__}")
   if not isinstance(caption, (str, bytes, list, tuple)):
     raise TypeError(f"caption must be str or list of str, got {type(caption).__name__}")
-  return msgpack.packb(
-      {"key": str(key), "image": bytes(image),
-       "caption": list(caption) if isinstance(caption, tuple) else caption},
-      use_bin_type=True)
+  record = {"key": str(key), "image": bytes(image),
+            "caption": list(caption) if isinstance(caption, tuple) else caption}
+  if row_id is not None:
+    record["id"] = int(row_id)
+  return msgpack.packb(record, use_bin_type=True)
 
 
 def decode_record(data: bytes) -> dict[str, Any]:

@@ -211,6 +211,16 @@ class SyntheticImageText:
           obj, shape=str(rng.choice([s for s in SHAPES if s != obj.shape])))
     return f"a {obj.phrase()} {obj.position}.", kind
 
+  # The noise protocol of training sources (also data.class_captions): what
+  # the memorisation evaluator needs to know about each pair.
+  def noise_kind(self, index) -> str:
+    """How example ``index``'s caption was corrupted ("" = clean)."""
+    return self.caption(index)[1]
+
+  def clean_captions(self, index) -> list[str]:
+    """Captions that describe example ``index`` correctly."""
+    return [self.clean_caption(index)]
+
   def __getitem__(self, index):
     index = int(index)
     if not 0 <= index < self.num_examples:
