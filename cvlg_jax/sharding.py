@@ -112,14 +112,22 @@ def param_spec(path: str, shape, mesh_shape) -> P:
   return P(*spec)
 
 
+# Train-state fields whose rows are examples (the embedding bank): laid out
+# like the batch, rows over every device, so their memory splits evenly.
+EXAMPLE_ROW_FIELDS = ("bank",)
+
+
 def state_shardings(mesh: Mesh, abstract_state):
   """Shardings for a pytree of arrays (params, optimizer state, ...)."""
   shape = dict(mesh.shape)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, param_spec(
-          jax.tree_util.keystr(path, simple=True, separator="/"),
-          np.shape(x), shape)),
-      abstract_state)
+
+  def spec(path, x):
+    path = jax.tree_util.keystr(path, simple=True, separator="/")
+    if path.split("/", 1)[0] in EXAMPLE_ROW_FIELDS:
+      return NamedSharding(mesh, P(BATCH_AXES))
+    return NamedSharding(mesh, param_spec(path, np.shape(x), shape))
+
+  return jax.tree_util.tree_map_with_path(spec, abstract_state)
 
 
 def shard_batch(batch, mesh: Mesh):

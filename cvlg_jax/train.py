@@ -47,11 +47,12 @@ class NonFiniteError(RuntimeError):
 
 
 def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
-                      batch_size) -> eval_common.EvalContext:
+                      batch_size, config=None) -> eval_common.EvalContext:
   """Sharded encode functions that accept any batch size (padded inside).
 
   They take the model's variables (``train_step.eval_variables(state)``:
   params plus BatchNorm running statistics) and run it in inference mode.
+  With the run's ``config``, evaluators can also read its training data.
   """
   rows, devices = sharding.batch_sharding(mesh), mesh.size
   chunk = max(devices, batch_size // devices * devices)
@@ -70,10 +71,13 @@ def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
       out.append(np.asarray(fn(params, jax.device_put(part, rows)))[:len(part) - pad])
     return np.concatenate(out)
 
+  train_data = None if config is None else (lambda: pipeline.train_data(config))
+
   return eval_common.EvalContext(
       encode_images=functools.partial(batched, enc_img),
       encode_texts=functools.partial(batched, enc_txt),
-      tokenizer=tokenizer, image_size=image_size, batch_size=chunk)
+      tokenizer=tokenizer, image_size=image_size, batch_size=chunk,
+      train_data=train_data)
 
 
 def _write_json(path, obj):
@@ -197,7 +201,8 @@ def _check_skip_support(train_step, state, config):
   checked by tracing only, before anything compiles."""
   b, s, n = config.train.batch_size, config.data.image_size, config.data.context_length
   batch = dict(image=jax.ShapeDtypeStruct((b, s, s, 3), np.uint8),
-               tokens=jax.ShapeDtypeStruct((b, n), np.int32))
+               tokens=jax.ShapeDtypeStruct((b, n), np.int32),
+               example_id=jax.ShapeDtypeStruct((b,), np.int32))
   _, metrics = jax.eval_shape(train_step, state, batch)
   if "nonfinite" not in metrics:
     raise config_lib.ConfigError(
@@ -256,7 +261,7 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
 
   ctx = make_eval_context(model, mesh, eval_variables(state_shardings),
                           tokenizer, config.data.image_size,
-                          config.train.batch_size)
+                          config.train.batch_size, config)
   evaluators, skipped_evals = eval_common.build_all(config.eval, ctx)
   for name, reason in skipped_evals.items():
     logging.warning("Evaluator %s skipped: %s", name, reason)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cvlg_jax import losses, sharding
+from cvlg_jax import bank as bank_lib, losses, sharding
 from cvlg_jax.data import pipeline
 from cvlg_jax.data.tokenizers import get_tokenizer
 from cvlg_jax.data.transforms import CLIP_MEAN, CLIP_STD
@@ -35,6 +35,9 @@ class TrainState(flax.struct.PyTreeNode):
   # Flax collections besides params (BatchNorm's running "batch_stats" for a
   # ResNet tower); None for models without any.
   model_state: Any = None
+  # Per-example embedding bank (loss.psd.teacher="bank"): cvlg_jax.bank.Bank,
+  # rows sharded over the devices like the batch.
+  bank: Any = None
 
 
 def model_variables(params, model_state=None) -> dict:
@@ -76,6 +79,11 @@ def distills(config) -> bool:
   return config.loss.name in ("psd", "siglip_psd")
 
 
+def teacher_kind(config) -> str | None:
+  """``loss.psd.teacher`` when the loss distils, else None."""
+  return config.loss.psd.teacher if distills(config) else None
+
+
 def build(config):
   """Tokenizer, model and optimizer from config (no arrays created)."""
   data = config.data
@@ -91,17 +99,21 @@ def build(config):
 def init_state(config, model, tx, mesh):
   """Initialises the state directly in its target shardings; returns both."""
   s, length = config.data.image_size, config.data.context_length
-  ema = distills(config) and config.loss.psd.teacher == "ema"
+  teacher = teacher_kind(config)
+  num_examples = (pipeline.num_train_examples(config) if teacher == "bank"
+                  else None)
 
   def init(rng):
     variables = dict(model.init(jax.random.fold_in(rng, 1),
                                 jnp.zeros((1, s, s, 3)),
                                 jnp.zeros((1, length), jnp.int32)))
     params = variables.pop("params")
+    bank = None if num_examples is None else bank_lib.zeros(
+        num_examples, model.embed_dim, config.loss.psd.bank_dtype, mesh.size)
     return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(rng),
-                      ema_params=params if ema else None,
-                      model_state=variables or None)
+                      ema_params=params if teacher == "ema" else None,
+                      model_state=variables or None, bank=bank)
 
   rng = jax.random.key(config.train.seed)
   shardings = sharding.state_shardings(mesh, jax.eval_shape(init, rng))
@@ -127,7 +139,8 @@ def _micro_merge(x):
 
 def make_grad_fn(model, loss_fn, accum_steps, mesh):
   """``grad_fn(params, model_state, images, tokens, loss_args)
-  -> ((loss, (metrics, logit_scale, new_model_state)), grads)``.
+  -> ((loss, (metrics, logit_scale, new_model_state, (img, txt))), grads)``,
+  with (img, txt) this step's embeddings of the batch (no gradient).
 
   ``loss_args`` = (alpha, mask, temperature, teacher). With ``accum_steps`` k
   > 1 the batch is processed in k micro-batches, as open_clip accumulates:
@@ -150,7 +163,8 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
     def f(p):
       img, txt, new_state = forward(model, p, model_state, images, tokens)
       loss, (metrics, scale) = objective(img, txt, p, loss_args)
-      return loss, (metrics, scale, new_state)
+      return loss, (metrics, scale, new_state,
+                    jax.lax.stop_gradient((img, txt)))
     return jax.value_and_grad(f, has_aux=True)(params)
 
   if accum_steps == 1:
@@ -176,7 +190,8 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
       return jax.tree.map(jnp.add, acc, jax.grad(f)(params)), None
 
     grads, _ = jax.lax.scan(micro_grads, grads, (jnp.arange(k), micro))
-    return (loss, (metrics, scale, new_state)), grads
+    embeddings = (_micro_merge(img_c), _micro_merge(txt_c))
+    return (loss, (metrics, scale, new_state, embeddings)), grads
 
   return accumulated
 
@@ -212,6 +227,18 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
   guard = config.train.get("skip_nonfinite_steps", 0) > 0
   rows = sharding.batch_sharding(mesh)
 
+  def bank_teacher(state, ids):
+    """The batch's bank embeddings as a Teacher at the current logit scale,
+    and how many rows have none yet (they fall back to one-hot targets)."""
+    t_img, t_txt, seen_step = bank_lib.lookup(state.bank, ids, mesh)
+    scale = model.apply({"params": state.params})[2]
+    seen = seen_step > 0
+    age = jnp.where(seen, state.step + 1 - seen_step, 0)  # steps since stored
+    seen_f = seen.astype(jnp.float32)
+    metrics = dict(bank_unseen=1.0 - jnp.mean(seen_f),
+                   bank_age_steps=jnp.sum(age) / jnp.maximum(jnp.sum(seen_f), 1))
+    return losses.Teacher(t_img, t_txt, scale, valid=seen), metrics
+
   def step_fn(state: TrainState, batch):
     images, tokens = normalize_images(batch["image"]), batch["tokens"]
     n = images.shape[0]
@@ -224,6 +251,11 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
       alpha, mask = jnp.float32(0.0), jnp.zeros((n,), bool)
     mask = jax.lax.with_sharding_constraint(mask, rows)
     teacher = None
+    if state.bank is not None:
+      if "example_id" not in batch:
+        raise ValueError("loss.psd.teacher='bank' needs batch['example_id'] "
+                         "(the data pipeline adds it)")
+      teacher, bank_metrics = bank_teacher(state, batch["example_id"])
     if state.ema_params is not None:
       ema = jax.lax.stop_gradient(state.ema_params)
       # Teacher BatchNorm uses batch statistics too; its stat updates are dropped.
@@ -238,16 +270,21 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     loss_args = (jnp.float32(alpha), mask, float(psd.teacher_temperature),
                  teacher)
 
-    (loss, (metrics, scale, model_state)), grads = grad_fn(
+    (loss, (metrics, scale, model_state, embeddings)), grads = grad_fn(
         state.params, state.model_state, images, tokens, loss_args)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = optax.incremental_update(params, ema_params, 1 - psd.ema_decay)
+    bank = state.bank
+    if bank is not None:  # what the model (before this update) saw, for next time
+      bank = bank_lib.update(bank, batch["example_id"], *embeddings, state.step,
+                             mesh)
+      metrics = dict(metrics, **bank_metrics)
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state, ema_params=ema_params,
-                              model_state=model_state)
+                              model_state=model_state, bank=bank)
     grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, loss=loss, alpha=alpha, logit_scale=scale,
                    grad_norm=grad_norm, learning_rate=schedule(state.step))
@@ -264,7 +301,8 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
           params=keep_old(state.params, new_state.params),
           opt_state=keep_old(state.opt_state, new_state.opt_state),
           ema_params=keep_old(state.ema_params, new_state.ema_params),
-          model_state=keep_old(state.model_state, new_state.model_state))
+          model_state=keep_old(state.model_state, new_state.model_state),
+          bank=keep_old(state.bank, new_state.bank))
       metrics["nonfinite"] = bad
     return new_state, metrics
 
