@@ -81,7 +81,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   from cvlg_jax.train import make_eval_context
   ctx = make_eval_context(model, mesh, train_step.eval_variables(shardings),
                           tokenizer, config.data.image_size,
-                          config.train.batch_size)
+                          config.train.batch_size, config)
   evaluators, skipped = common.build_all(config.eval, ctx)
   variables = train_step.eval_variables(state)
   results = {}

@@ -30,12 +30,18 @@ class DatasetUnavailable(RuntimeError):
 class EvalContext:
   """encode_* take any batch size (padding/sharding is handled inside) and
   return float32 L2-normalised numpy embeddings [B, d]. Images are float32
-  [B, image_size, image_size, 3], CLIP-normalised (see data.transforms)."""
+  [B, image_size, image_size, 3], CLIP-normalised (see data.transforms).
+
+  ``train_data`` (optional) returns the run's ``data.pipeline.TrainData``
+  (the training source, its trained and held-out indices), for evaluators
+  that look at the training data itself (memorisation, heldout).
+  """
   encode_images: Callable[[Params, np.ndarray], np.ndarray]
   encode_texts: Callable[[Params, np.ndarray], np.ndarray]
   tokenizer: Tokenizer
   image_size: int
   batch_size: int = 256
+  train_data: Callable[[], Any] | None = None
 
 
 class Evaluator(Protocol):
@@ -75,7 +81,8 @@ def _import_builtin_evaluators():
   # Imported for their @register side effect; lazily, so that importing the
   # registry does not pull in TFDS.
   import importlib
-  for mod in ("synthetic", "zeroshot", "retrieval", "linear_probe"):
+  for mod in ("synthetic", "zeroshot", "retrieval", "linear_probe",
+              "memorisation"):
     try:
       importlib.import_module(f"cvlg_jax.evaluation.{mod}")
     except ModuleNotFoundError as e:
