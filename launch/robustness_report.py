@@ -310,10 +310,11 @@ def write(results, root: str) -> list[str]:
   return paths
 
 
-def publish(root: str, doc: str, section: str) -> str:
-  """Splices ``root/robustness.md`` into ``doc`` between the section's
-  markers and copies the figures to ``<doc dir>/robustness/<section>/``."""
-  src = os.path.join(root, "robustness.md")
+def publish(root: str, doc: str, section: str, *, report: str = "robustness.md",
+            figures=FIGURES) -> str:
+  """Splices ``root/<report>`` into ``doc`` between the section's markers and
+  copies the figures to ``<doc dir>/robustness/<section>/``."""
+  src = os.path.join(root, report)
   if not os.path.isfile(src):
     raise FileNotFoundError(f"{src} does not exist; run the sweep's --report "
                             "first")
@@ -321,7 +322,7 @@ def publish(root: str, doc: str, section: str) -> str:
     body = f.read()
   rel = f"robustness/{section}"
   os.makedirs(os.path.join(os.path.dirname(doc), rel), exist_ok=True)
-  for name in FIGURES:
+  for name in figures:
     if os.path.isfile(os.path.join(root, name)):
       shutil.copyfile(os.path.join(root, name),
                       os.path.join(os.path.dirname(doc), rel, name))
