@@ -9,7 +9,7 @@ otherwise), weight w_i = alpha * m_i:
     sigmoid:  loss_i = sum_j softplus(x_ij)  - (1 - w_i) x_ii - w_i <P_i, x_i>
 
 The first is the soft-target cross entropy with targets (1 - w_i) e_i + w_i P_i
-(DESIGN §1); the second is SigLIP's -sum_j [y log sig(x) + (1-y) log sig(-x)]
+(docs/design.md §1); the second is SigLIP's -sum_j [y log sig(x) + (1-y) log sig(-x)]
 with the same mixed labels y_ij = (1 - w_i) 1[i=j] + w_i P_ij, i.e. PSD moves
 label mass from the positive onto the teacher's soft positives, and every row
 of labels still sums to one. w = 0 gives InfoNCE and SigLIP exactly. Both
@@ -21,7 +21,7 @@ x_ii is the local pair's dot product. They come from one of two kernels:
   * dense: the n x N logits at once, differentiated by autodiff (reference);
   * streamed (``chunk_size > 0``): the columns in chunks with running
     log-sum-exps and an online teacher mean (flash-attention style, so one
-    pass serves PSD too, not the two of DESIGN §2), and a custom VJP that
+    pass serves PSD too; docs/design.md §3), and a custom VJP that
     recomputes each chunk, so forward *and* backward hold O(n x chunk)
     logits. Sharded, the key blocks travel round a ring of devices
     (``ppermute``) instead of being all-gathered, and in the backward pass each

@@ -26,7 +26,7 @@ def numpy_infonce(u, v, s):
 
 
 def numpy_psd(u, v, s, alpha, mask, temperature):
-  """DESIGN §1 with the target matrices written out explicitly."""
+  """docs/design.md §1 with the target matrices written out explicitly."""
   logits = s * u.astype(np.float64) @ v.astype(np.float64).T
   eye = np.eye(len(u))
   total = 0.0
