@@ -1,5 +1,6 @@
 """Per-device temporary memory of the contrastive loss + its gradient, dense vs
-streamed (``loss.chunk_size``), as XLA plans it for the sharded program.
+streamed (``loss.chunk_size``), as XLA plans it for the sharded program; and
+the memory of the embedding-bank teacher.
 
     python benchmarks/loss_memory.py
     python benchmarks/loss_memory.py --batch_sizes=4096,8192,16384 --loss=siglip_psd
@@ -10,6 +11,13 @@ any backend that reports it). Inputs are [N, d] L2-normalised embeddings
 sharded over the devices; the gradient is w.r.t. both embeddings and the
 logit scale (and bias for SigLIP). Dense holds n x N logits per device
 (n = N / devices); streamed holds n x chunk, plus O(n d) ring buffers.
+
+The bank (``loss.psd.teacher=bank``) holds one row per training example:
+its size per device for the paper's data sets is the formula of
+``cvlg_jax.bank.bytes_per_device``; the compiled read + write of one step on
+a CC3M-sized bank shows what it costs on top (``--bank_examples``): the
+bank's buffers are arguments updated in place (donated), and the step's
+temporaries are O(batch x d), not O(bank).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from cvlg_jax import losses, sharding  # noqa: E402
+from cvlg_jax import bank, losses, sharding  # noqa: E402
 
 LOSSES = {"clip": ("softmax", False), "psd": ("softmax", True),
           "siglip": ("sigmoid", False), "siglip_psd": ("sigmoid", True)}
@@ -41,7 +49,62 @@ def parse_args(argv=None):
   p.add_argument("--teacher", default="self", choices=("self", "ema"))
   p.add_argument("--data", type=int, default=-1, help="mesh.data (-1: all)")
   p.add_argument("--fsdp", type=int, default=1)
+  p.add_argument("--bank_examples", type=int, default=3_300_000,
+                 help="bank rows for the compiled read + write (CC3M)")
+  p.add_argument("--bank_batch", type=int, default=4096)
   return p.parse_args(argv)
+
+
+# Training-set sizes of the paper's pre-training data.
+DATASETS = (("CC3M", 3_300_000), ("CC12M", 12_000_000), ("YFCC15M", 15_000_000))
+GiB = 2 ** 30
+
+
+def bank_step_bytes(mesh, num_examples, dim, batch, dtype="bfloat16"):
+  """Per-device bytes of one step's bank work, compiled as the train step
+  runs it (cvlg_jax.train_step): the read on its own, then the write with the
+  bank donated. Returns (read temporaries, write's new buffers + temporaries,
+  and the same for read and write compiled as one program)."""
+  rows = sharding.batch_sharding(mesh)
+  abstract = jax.eval_shape(lambda: bank.zeros(num_examples, dim, dtype, mesh.size))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                         sharding=rows), abstract)
+  ids = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
+  emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=rows)
+
+  def extra(fn, *args, donate=()):
+    m = jax.jit(fn, donate_argnums=donate).lower(*args).compile().memory_analysis()
+    return m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+  read = extra(lambda b, i: bank.lookup(b, i, mesh), abstract, ids)
+  write = extra(lambda b, i, x, y: bank.update(b, i, x, y, 1, mesh),
+                abstract, ids, emb, emb, donate=(0,))
+  fused = extra(lambda b, i, x, y: (bank.update(b, i, x, y, 1, mesh),
+                                    bank.lookup(b, i, mesh)),
+                abstract, ids, emb, emb, donate=(0,))
+  return read, write, fused
+
+
+def report_bank(args, mesh):
+  d, devices = args.embed_dim, mesh.size
+  print(f"\nembedding bank, d={d}: per device over {devices} devices (total)")
+  for dtype in ("bfloat16", "float32"):
+    cells = []
+    for name, n in DATASETS:
+      per = bank.bytes_per_device(n, d, dtype, devices)
+      cells.append(f"{name} {per / GiB:.2f} GiB ({per * devices / GiB:.1f})")
+    print(f"  {dtype:9s} " + "   ".join(cells))
+  read, write, fused = bank_step_bytes(mesh, args.bank_examples, d, args.bank_batch)
+  size = bank.bytes_per_device(args.bank_examples, d, "bfloat16", devices)
+  mib = lambda b: f"{b / 2 ** 20:.2f} MiB"  # noqa: E731
+  print(f"  one step, {args.bank_examples} rows, batch {args.bank_batch}, bf16: "
+        f"bank share {size / GiB:.3f} GiB/device; beyond it, per device: read "
+        f"{mib(read)}, write {mib(write)} (as the train step runs them); read + "
+        f"write in one program {mib(fused)}")
+  ratio = (read + write) / size
+  print(f"  step memory beyond the bank / bank share: {ratio:.4f} (in place: "
+        f"{'yes' if ratio < 0.05 else 'NO'}; in one program: "
+        f"{fused / size:.3f})")
 
 
 def temp_bytes(mesh, loss, n, d, chunk, ema):
@@ -95,6 +158,7 @@ def main(argv=None):
                in zip(rows, rows[1:])) if len(rows) > 1 else float("nan")
   print(f"streamed growth / batch growth, worst step: {growth:.2f} (linear "
         f"target <= ~1.1: {'met' if growth <= 1.1 else 'MISSED'})")
+  report_bank(args, mesh)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,8 @@ def embed_micro(model, params, model_state, micro):
 
 
 def make_train_step(config, model, tx, schedule, mesh, state_shardings):
-  """``train_step(state, batch) -> (state, metrics)``, jit-compiled once.
+  """``train_step(state, batch) -> (state, metrics)``, jit-compiled once
+  (with the bank teacher: a jitted bank read, then the jitted step).
 
   The state buffer is donated; the batch arrives sharded over every device.
   With ``train.skip_nonfinite_steps`` the step reports ``nonfinite`` and
@@ -227,10 +228,10 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
   guard = config.train.get("skip_nonfinite_steps", 0) > 0
   rows = sharding.batch_sharding(mesh)
 
-  def bank_teacher(state, ids):
-    """The batch's bank embeddings as a Teacher at the current logit scale,
-    and how many rows have none yet (they fall back to one-hot targets)."""
-    t_img, t_txt, seen_step = bank_lib.lookup(state.bank, ids, mesh)
+  def bank_teacher(state, rows):
+    """The batch's bank rows as a Teacher at the current logit scale, and how
+    many rows have none yet (they fall back to one-hot targets)."""
+    t_img, t_txt, seen_step = rows
     scale = model.apply({"params": state.params})[2]
     seen = seen_step > 0
     age = jnp.where(seen, state.step + 1 - seen_step, 0)  # steps since stored
@@ -239,7 +240,7 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
                    bank_age_steps=jnp.sum(age) / jnp.maximum(jnp.sum(seen_f), 1))
     return losses.Teacher(t_img, t_txt, scale, valid=seen), metrics
 
-  def step_fn(state: TrainState, batch):
+  def step_fn(state: TrainState, batch, bank_rows=None):
     images, tokens = normalize_images(batch["image"]), batch["tokens"]
     n = images.shape[0]
     if distill:
@@ -252,10 +253,7 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     mask = jax.lax.with_sharding_constraint(mask, rows)
     teacher = None
     if state.bank is not None:
-      if "example_id" not in batch:
-        raise ValueError("loss.psd.teacher='bank' needs batch['example_id'] "
-                         "(the data pipeline adds it)")
-      teacher, bank_metrics = bank_teacher(state, batch["example_id"])
+      teacher, bank_metrics = bank_teacher(state, bank_rows)
     if state.ema_params is not None:
       ema = jax.lax.stop_gradient(state.ema_params)
       # Teacher BatchNorm uses batch statistics too; its stat updates are dropped.
@@ -306,6 +304,25 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
       metrics["nonfinite"] = bad
     return new_state, metrics
 
-  return jax.jit(step_fn, in_shardings=(state_shardings, rows),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 donate_argnums=0)
+  out = (state_shardings, sharding.replicated(mesh))
+  if teacher_kind(config) != "bank":
+    return jax.jit(step_fn, in_shardings=(state_shardings, rows),
+                   out_shardings=out, donate_argnums=0)
+  # The bank is read by its own executable, before the step that writes it.
+  # Read and written in one program, XLA copies the whole (donated) bank
+  # first -- twice the memory and N x d bytes moved per step -- because it
+  # cannot order the gather before the in-place scatter; apart, the step's
+  # scatter updates the donated bank in place (benchmarks/loss_memory.py).
+  read = jax.jit(lambda bank, ids: bank_lib.lookup(bank, ids, mesh),
+                 in_shardings=(state_shardings.bank, rows), out_shardings=rows)
+  step = jax.jit(step_fn, in_shardings=(state_shardings, rows, rows),
+                 out_shardings=out, donate_argnums=0)
+
+  def bank_step(state, batch):
+    if "example_id" not in batch:
+      raise ValueError("loss.psd.teacher='bank' needs batch['example_id'] "
+                       "(the data pipeline adds it)")
+    return step(state, batch, read(state.bank, batch["example_id"]))
+
+  bank_step.read, bank_step.step = read, step  # for inspection (tests)
+  return bank_step
