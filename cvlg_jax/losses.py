@@ -2,41 +2,37 @@
 
 Every variant is a sum of per-row terms for query rows i against all N key
 columns j, with logits x_ij = s q_i.k_j + b (b = 0 for softmax) and a teacher
-P_i = sg(softmax(t_i / T)) (t = x for the self teacher, the EMA model's logits
-otherwise), weight w_i = alpha * m_i:
+P_i = sg(softmax(t_i / T)) (t = x for the self teacher, another model's
+logits otherwise: the EMA copy, the embedding bank), weight w_i = alpha * m_i:
 
     softmax:  loss_i = lse_j x_ij            - (1 - w_i) x_ii - w_i <P_i, x_i>
     sigmoid:  loss_i = sum_j softplus(x_ij)  - (1 - w_i) x_ii - w_i <P_i, x_i>
 
 The first is the soft-target cross entropy with targets (1 - w_i) e_i + w_i P_i
-(docs/design.md §1); the second is SigLIP's -sum_j [y log sig(x) + (1-y) log sig(-x)]
-with the same mixed labels y_ij = (1 - w_i) 1[i=j] + w_i P_ij, i.e. PSD moves
-label mass from the positive onto the teacher's soft positives, and every row
-of labels still sums to one. w = 0 gives InfoNCE and SigLIP exactly. Both
-directions (i2t rows, t2i rows) are averaged, so for SigLIP without
+(docs/design.md §1); the second is SigLIP's -sum_j [y log sig(x) + (1-y) log
+sig(-x)] with the same mixed labels y_ij = (1 - w_i) 1[i=j] + w_i P_ij, i.e.
+PSD moves label mass from the positive onto the teacher's soft positives, and
+every row of labels still sums to one. w = 0 gives InfoNCE and SigLIP exactly.
+Both directions (i2t rows, t2i rows) are averaged, so for SigLIP without
 distillation the result is its usual sum over all pairs divided by N.
 
-Only per-row statistics need the N columns (:class:`_Stats`); the diagonal
-x_ii is the local pair's dot product. They come from one of two kernels:
-  * dense: the n x N logits at once, differentiated by autodiff (reference);
-  * streamed (``chunk_size > 0``): the columns in chunks with running
-    log-sum-exps and an online teacher mean (flash-attention style, so one
-    pass serves PSD too; docs/design.md §3), and a custom VJP that
-    recomputes each chunk, so forward *and* backward hold O(n x chunk)
-    logits. Sharded, the key blocks travel round a ring of devices
-    (``ppermute``) instead of being all-gathered, and in the backward pass each
-    block's gradient travels with it back to its owner: no device ever holds
-    N x d embeddings either.
+Only per-row statistics need the N columns (``RowStats``); the diagonal
+x_ii is the local pair's dot product. They come from one of two kernels: the
+dense one here (all n x N logits at once, differentiated by autodiff: the
+reference), or the streamed one of :mod:`cvlg_jax.losses_streamed`
+(``chunk_size > 0``; O(n x chunk) memory, ring of devices).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+
+from cvlg_jax import losses_streamed
+from cvlg_jax.losses_streamed import RowStats
 
 KINDS = ("softmax", "sigmoid")
 # Per-row quantities summed over rows; divided by the row count at the end.
@@ -65,12 +61,38 @@ class Teacher(NamedTuple):
   valid: jax.Array | None = None
 
 
-class _Stats(NamedTuple):
-  """Per-row statistics over all key columns j of a query row i."""
-  a: jax.Array         # lse_j x_ij (softmax) | sum_j softplus(x_ij) (sigmoid)
-  b: jax.Array         # sum_j P_ij x_ij (0 without distillation)
-  t_lse: jax.Array     # lse_j t_ij / T (no gradient)
-  t_maxneg: jax.Array  # max_{j != i} t_ij (no gradient)
+class LossInputs(NamedTuple):
+  """What the loss takes besides the embeddings and the logit scale/bias."""
+  alpha: Any                   # the current PSD weight (scalar)
+  mask: Any                    # bool [N]: rows that get soft targets
+  temperature: Any = 1.0       # teacher temperature T
+  teacher: Teacher | None = None
+
+
+class LossSpec(NamedTuple):
+  """``loss.name`` parsed: the row kernel and whether PSD distils."""
+  kind: str        # softmax | sigmoid
+  distills: bool
+
+  @property
+  def label(self) -> str:
+    return {("softmax", False): "CLIP", ("softmax", True): "PSD",
+            ("sigmoid", False): "SigLIP", ("sigmoid", True): "SigLIP + PSD"}[self]
+
+
+# psd = CLIP + PSD soft targets; siglip = sigmoid loss (learned bias);
+# siglip_psd = SigLIP with PSD soft labels.
+LOSS_NAMES = {"clip": LossSpec("softmax", False), "psd": LossSpec("softmax", True),
+              "siglip": LossSpec("sigmoid", False),
+              "siglip_psd": LossSpec("sigmoid", True)}
+
+
+def parse_loss_name(name: str) -> LossSpec:
+  """The one place the four ``loss.name`` strings are interpreted."""
+  if name not in LOSS_NAMES:
+    raise ValueError(f"loss.name={name!r} is unknown; allowed: "
+                     f"{', '.join(LOSS_NAMES)}")
+  return LOSS_NAMES[name]
 
 
 def _row_terms(kind, x):
@@ -88,150 +110,10 @@ def _dense_stats(kind, distill, qs, keys, bias, diag, temperature, teacher):
   maxneg = jnp.max(jnp.where(off, t, -jnp.inf), axis=-1)
   zero = jnp.zeros_like(maxneg)
   if not distill:
-    return _Stats(_row_terms(kind, x), zero, zero, maxneg)
+    return RowStats(_row_terms(kind, x), zero, zero, maxneg)
   t_lse = jax.nn.logsumexp(t / temperature, axis=-1)
   p = jnp.exp(t / temperature - t_lse[:, None])
-  return _Stats(_row_terms(kind, x), jnp.sum(p * x, axis=-1), t_lse, maxneg)
-
-
-def _ring(axis, size):
-  """Passes a block to the next device on ``axis`` (identity on one device)."""
-  if axis is None or size == 1:
-    return lambda x: x
-  perm = [(i, (i + 1) % size) for i in range(size)]
-  return lambda x: jax.tree.map(lambda y: jax.lax.ppermute(y, axis, perm), x)
-
-
-def _chunks(k, chunk):
-  """[n, ...] -> [n / c, c, ...] with c = min(chunk, n)."""
-  n = k.shape[0]
-  c = min(chunk, n)
-  if n % c:
-    raise ValueError(f"loss.chunk_size={chunk} must divide the {n} key rows "
-                     "each device holds (global batch / devices)")
-  return k.reshape(n // c, c, *k.shape[1:]), c
-
-
-def _teacher_chunks(tkb, chunk):
-  """Teacher key block (k_t, key bias) in chunks, or None (self teacher)."""
-  return None if tkb is None else jax.tree.map(lambda a: _chunks(a, chunk)[0], tkb)
-
-
-def _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
-                    temperature, teacher):
-  """Streams key blocks (ring steps) and chunks (within a block) past ``qs``.
-
-  ``shared``: the teacher is the student's own softmax (self teacher, T = 1,
-  softmax loss), so P needs no exponentials of its own.
-  """
-  n = qs.shape[0]
-  rows = jnp.arange(n)
-  vary = ((lambda v: jax.lax.pcast(v, axis, to="varying")) if axis and size > 1
-          else (lambda v: v))
-  ninf, zero = vary(jnp.full((n,), -jnp.inf)), vary(jnp.zeros((n,)))
-  ring = _ring(axis, size)
-
-  def chunk_step(carry, xs):
-    kc, tkc, start, first_block = xs
-    x = qs @ kc.T + bias
-    t = x if teacher is None else teacher[0] @ tkc[0].T + tkc[1]
-    diag = first_block & (start + jnp.arange(kc.shape[0])[None, :] == rows[:, None])
-    st = dict(carry, maxneg=jnp.maximum(
-        carry["maxneg"], jnp.max(jnp.where(diag, -jnp.inf, t), axis=-1)))
-    if kind == "softmax":
-      m = jnp.maximum(carry["m"], jnp.max(x, axis=-1))
-      decay, e = jnp.exp(carry["m"] - m), jnp.exp(x - m[:, None])
-      st.update(m=m, s=carry["s"] * decay + jnp.sum(e, axis=-1))
-      if shared:
-        st.update(wt=carry["wt"] * decay + jnp.sum(e * x, axis=-1))
-    else:
-      st.update(s=carry["s"] + jnp.sum(jax.nn.softplus(x), axis=-1))
-    if distill and not shared:  # online softmax(t / T), its running mean of x
-      y = t / temperature
-      mt = jnp.maximum(carry["mt"], jnp.max(y, axis=-1))
-      decay, e = jnp.exp(carry["mt"] - mt), jnp.exp(y - mt[:, None])
-      st.update(mt=mt, st=carry["st"] * decay + jnp.sum(e, axis=-1),
-                wt=carry["wt"] * decay + jnp.sum(e * x, axis=-1))
-    return st, None
-
-  def block_step(carry, step):
-    st, kb, tkb = carry
-    kcs, c = _chunks(kb, chunk)
-    tkcs = _teacher_chunks(tkb, chunk)
-    starts = jnp.arange(kcs.shape[0]) * c
-    first = jnp.broadcast_to(step == 0, starts.shape)
-    st, _ = jax.lax.scan(chunk_step, st, (kcs, tkcs, starts, first))
-    kb, tkb = ring((kb, tkb))
-    return (st, kb, tkb), None
-
-  init = dict(s=zero, maxneg=ninf)
-  if kind == "softmax":
-    init.update(m=ninf)
-  if distill:
-    init.update(wt=zero) if shared else init.update(mt=ninf, st=zero, wt=zero)
-  tk = None if teacher is None else teacher[1:]
-  (st, _, _), _ = jax.lax.scan(block_step, (init, k, tk), jnp.arange(size))
-  a = st["m"] + jnp.log(st["s"]) if kind == "softmax" else st["s"]
-  if not distill:
-    return _Stats(a, zero, zero, st["maxneg"])
-  if shared:
-    return _Stats(a, st["wt"] / st["s"], a, st["maxneg"])
-  return _Stats(a, st["wt"] / st["st"], st["mt"] + jnp.log(st["st"]),
-                st["maxneg"])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _stream_stats(kind, distill, shared, chunk, axis, size, qs, k, bias,
-                  temperature, teacher):
-  return _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
-                         temperature, teacher)
-
-
-def _stream_fwd(kind, distill, shared, chunk, axis, size, qs, k, bias,
-                temperature, teacher):
-  stats = _stream_forward(kind, distill, shared, chunk, axis, size, qs, k, bias,
-                          temperature, teacher)
-  return stats, (qs, k, bias, temperature, teacher, stats.a, stats.t_lse)
-
-
-def _stream_bwd(kind, distill, shared, chunk, axis, size, res, ct):
-  """dx_ij = g_a,i da_i/dx_ij + g_b,i P_ij, one chunk at a time; dk rides the
-  ring with its block and is home after ``size`` steps."""
-  qs, k, bias, temperature, teacher, a, t_lse = res
-  ga, gb = ct.a, ct.b            # t_lse, t_maxneg carry no gradient
-  ring = _ring(axis, size)
-
-  def chunk_step(carry, xs):
-    dqs, dbias = carry
-    kc, tkc = xs
-    x = qs @ kc.T + bias
-    if shared:
-      g = (ga + gb)[:, None] * jnp.exp(x - a[:, None])
-    elif kind == "softmax":
-      g = ga[:, None] * jnp.exp(x - a[:, None])
-    else:
-      g = ga[:, None] * jax.nn.sigmoid(x)
-    if distill and not shared:
-      t = x if teacher is None else teacher[0] @ tkc[0].T + tkc[1]
-      g = g + gb[:, None] * jnp.exp(t / temperature - t_lse[:, None])
-    return (dqs + g @ kc, dbias + jnp.sum(g)), g.T @ qs
-
-  def block_step(carry, _):
-    dqs, dbias, kb, tkb, dkb = carry
-    kcs, _ = _chunks(kb, chunk)
-    tkcs = _teacher_chunks(tkb, chunk)
-    (dqs, dbias), dks = jax.lax.scan(chunk_step, (dqs, dbias), (kcs, tkcs))
-    kb, tkb, dkb = ring((kb, tkb, dkb + dks.reshape(kb.shape)))
-    return (dqs, dbias, kb, tkb, dkb), None
-
-  tk = None if teacher is None else teacher[1:]
-  init = (jnp.zeros_like(qs), jnp.zeros_like(bias), k, tk, jnp.zeros_like(k))
-  (dqs, dbias, _, _, dk), _ = jax.lax.scan(block_step, init, jnp.arange(size))
-  return (dqs, dk, dbias, jnp.zeros_like(temperature),
-          jax.tree.map(jnp.zeros_like, teacher))
-
-
-_stream_stats.defvjp(_stream_fwd, _stream_bwd)
+  return RowStats(_row_terms(kind, x), jnp.sum(p * x, axis=-1), t_lse, maxneg)
 
 
 def _row_sums(stats, pos, t_pos, weight, mask, valid, temperature, distill):
@@ -266,8 +148,9 @@ def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *
   """i2t rows (local images vs all texts) + t2i rows (local texts vs images).
 
   With ``axis`` set this runs inside ``shard_map``: dense gathers the other
-  modality, streamed passes it round the ring. ``unit_temperature``: T is
-  statically 1 (lets the streamed kernel share the teacher's softmax).
+  modality, streamed passes it round the ring. ``unit_temperature``: the
+  caller guarantees T = 1, so the streamed kernel may let the self teacher
+  share the student's softmax.
   """
   n = img.shape[0]
   pos = scale * jnp.sum(img * txt, axis=-1) + bias
@@ -293,10 +176,11 @@ def _both_directions(img, txt, scale, bias, alpha, mask, temperature, teacher, *
   total = {k: 0.0 for k in _SUM_KEYS}
   for q, k, t in ((img, txt, t_pairs[0]), (txt, img, t_pairs[1])):
     if chunk:
+      # The (replicated) bias joins per-device values in the kernel's carry.
       b = jax.lax.pcast(bias, axis, to="varying") if axis else bias
       shared = distill and unit_temperature and t is None and kind == "softmax"
-      stats = _stream_stats(kind, distill, shared, chunk, axis, size, scale * q,
-                            k, b, temperature, t)
+      stats = losses_streamed.row_stats(kind, distill, shared, chunk, axis, size,
+                                        scale * q, k, b, temperature, t)
     else:
       t = None if t is None else (t[0], gather(t[1]), gather(t[2]))
       stats = _dense_stats(kind, distill, scale * q, gather(k), bias,
@@ -313,23 +197,22 @@ def _finalize(sums, num_rows):
   return metrics.pop("loss"), metrics
 
 
-def _is_one(temperature):
-  """T known to be 1 at trace time (a Python number, not a traced value)."""
-  return isinstance(temperature, (int, float)) and temperature == 1
-
-
-def _check(kind, logit_bias):
+def _check(kind, logit_bias, unit_temperature, temperature):
   if kind not in KINDS:
     raise ValueError(f"loss kind must be one of {KINDS}, got {kind!r}")
   if kind == "sigmoid" and logit_bias is None:
     raise ValueError("the sigmoid (SigLIP) loss needs logit_bias")
+  if (unit_temperature and isinstance(temperature, (int, float))
+      and temperature != 1):
+    raise ValueError(f"unit_temperature=True but the teacher temperature is "
+                     f"{temperature}")
   return jnp.float32(0.0) if logit_bias is None else logit_bias
 
 
 def contrastive_loss(image_emb, text_emb, logit_scale, *, alpha=0.0,
                      distill_mask=None, teacher_temperature=1.0, teacher=None,
                      logit_bias=None, kind="softmax", chunk_size=0,
-                     distill=True):
+                     distill=True, unit_temperature=False):
   """Single-device reference on [N, d] embeddings.
 
   Args:
@@ -344,58 +227,63 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, alpha=0.0,
     kind: "softmax" (CLIP/PSD) or "sigmoid" (SigLIP).
     chunk_size: 0 = dense; else the streamed kernel, this many keys at a time.
     distill: False skips the teacher entirely (plain CLIP/SigLIP cost).
+    unit_temperature: the caller guarantees T = 1; the streamed kernel then
+      shares the student's softmax with the self teacher (same result).
   Returns:
     (loss, metrics) with metrics averaged over both directions.
   """
-  bias = _check(kind, logit_bias)
+  bias = _check(kind, logit_bias, unit_temperature, teacher_temperature)
   n = image_emb.shape[0]
   if distill_mask is None:
     distill_mask = jnp.ones((n,), bool)
   sums = _both_directions(image_emb, text_emb, logit_scale, bias, alpha,
                           distill_mask, teacher_temperature, teacher, kind=kind,
                           distill=distill, chunk=chunk_size,
-                          unit_temperature=_is_one(teacher_temperature))
+                          unit_temperature=unit_temperature)
   return _finalize(sums, n)
 
 
 def sharded_contrastive_loss(mesh, batch_axes=("data", "fsdp"), *,
-                             kind="softmax", chunk_size=0, distill=True):
+                             kind="softmax", chunk_size=0, distill=True,
+                             unit_temperature=False):
   """The same loss with rows sharded over ``batch_axes`` of ``mesh``.
 
   Dense: each device gathers the other modality (``all_gather(tiled=True)``,
   whose transpose is a reduce-scatter) and computes its n x N logits; memory
   O(n N). Streamed (``chunk_size``): ring passes, memory O(n (chunk + d)).
   Each device sums its rows' terms and they are ``psum``med.
-  Inputs must be sharded rows-over-``batch_axes`` (mask included); the scalar
-  inputs replicated. Returns ``fn(image_emb, text_emb, logit_scale, alpha,
-  distill_mask, temperature, teacher=None, logit_bias=None) -> (loss,
-  metrics)``; a Python ``temperature`` of 1 lets the streamed PSD kernel reuse
-  the student's softmax as the (self) teacher's, at CLIP's cost.
+  Returns ``fn(image_emb, text_emb, logit_scale, inputs: LossInputs,
+  logit_bias=None) -> (loss, metrics)``. Embeddings, ``inputs.mask`` and the
+  teacher's arrays must be sharded rows-over-``batch_axes``; scalars
+  replicated. ``unit_temperature=True`` (the caller guarantees T = 1) lets the
+  streamed PSD kernel reuse the student's softmax as the self teacher's, at
+  CLIP's cost.
   """
   rows = P(batch_axes)
   size = 1
   for a in batch_axes:
     size *= mesh.shape[a]
 
-  def fn(image_emb, text_emb, logit_scale, alpha, distill_mask, temperature,
-         teacher=None, logit_bias=None):
-    bias = _check(kind, logit_bias)
+  def fn(image_emb, text_emb, logit_scale, inputs: LossInputs,
+         logit_bias=None):
+    bias = _check(kind, logit_bias, unit_temperature, inputs.temperature)
+    teacher = inputs.teacher
     teacher_spec = None if teacher is None else Teacher(
         rows, rows, P(), None if teacher.valid is None else rows)
 
     def local(img, txt, scale, bias, alpha, mask, temp, teacher):
       sums = _both_directions(img, txt, scale, bias, alpha, mask, temp, teacher,
                               kind=kind, distill=distill, chunk=chunk_size,
-                              unit_temperature=_is_one(temperature),
+                              unit_temperature=unit_temperature,
                               axis=batch_axes, size=size)
       return jax.lax.psum(sums, batch_axes)
 
     sums = jax.shard_map(
         local, mesh=mesh,
         in_specs=(rows, rows, P(), P(), P(), rows, P(), teacher_spec),
-        out_specs=P())(image_emb, text_emb, logit_scale, bias, alpha,
-                       distill_mask, jnp.asarray(temperature, jnp.float32),
-                       teacher)
+        out_specs=P())(image_emb, text_emb, logit_scale, bias,
+                       jnp.asarray(inputs.alpha, jnp.float32), inputs.mask,
+                       jnp.asarray(inputs.temperature, jnp.float32), teacher)
     return _finalize(sums, image_emb.shape[0])
 
   return fn

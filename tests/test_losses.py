@@ -165,7 +165,8 @@ def test_sharded_loss_and_grads_equal_single_device(data, fsdp, alpha):
   sharded_fn = losses.sharded_contrastive_loss(mesh)
 
   def sharded(u, v, s):
-    return sharded_fn(u, v, s, jnp.float32(alpha), mask, jnp.float32(0.7))
+    return sharded_fn(u, v, s, losses.LossInputs(jnp.float32(alpha), mask,
+                                                 jnp.float32(0.7)))
 
   rows = sharding.batch_sharding(mesh)
   u_s, v_s, mask_s = (jax.device_put(x, rows) for x in (u, v, mask))

@@ -79,7 +79,7 @@ def test_plain_clip_path_equals_psd_with_zero_alpha():
 # (kind, distill, teacher, temperature, mesh, chunk): CLIP, PSD with the self
 # teacher (T = 1 and T != 1), the EMA teacher and the bank teacher (some pairs
 # without embeddings), SigLIP and SigLIP + PSD. T is passed as a Python
-# float, as the train step does.
+# float, as the train step does; T = 1 runs with unit_temperature=True.
 CASES = [
     ("softmax", False, None, 1.0, (8, 1), 2),
     ("softmax", True, None, 1.0, (8, 1), 8),   # T = 1: shared-softmax kernel
@@ -114,15 +114,17 @@ def test_chunked_equals_unchunked(kind, distill, teacher, temperature,
 
   def sharded(c):
     fn = losses.sharded_contrastive_loss(mesh, kind=kind, chunk_size=c,
-                                         distill=distill)
-    return lambda u, v, s, b: fn(u, v, s, jnp.float32(0.5), put(mask),
-                                 temperature, t, b)
+                                         distill=distill, unit_temperature=unit)
+    return lambda u, v, s, b: fn(u, v, s, losses.LossInputs(
+        jnp.float32(0.5), put(mask), temperature, t), b)
 
   def single(c):
     return lambda u, v, s, b: losses.contrastive_loss(
         u, v, s, alpha=0.5, distill_mask=mask, teacher_temperature=temperature,
-        teacher=t, logit_bias=b, kind=kind, chunk_size=c, distill=distill)
+        teacher=t, logit_bias=b, kind=kind, chunk_size=c, distill=distill,
+        unit_temperature=unit)
 
+  unit = temperature == 1.0  # the caller's promise: the shared-softmax path
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
   run = lambda f, *x: jax.jit(jax.value_and_grad(  # noqa: E731
       f, argnums=argnums, has_aux=True))(*x, jnp.float32(11.0), bias)
@@ -149,7 +151,8 @@ def test_chunked_equals_unchunked(kind, distill, teacher, temperature,
 
 def _temp_bytes(mesh, n, d, chunk):
   fn = losses.sharded_contrastive_loss(mesh, chunk_size=chunk)
-  f = lambda u, v, s, m: fn(u, v, s, jnp.float32(0.5), m, jnp.float32(1.0))[0]
+  f = lambda u, v, s, m: fn(u, v, s, losses.LossInputs(  # noqa: E731
+      jnp.float32(0.5), m, jnp.float32(1.0)))[0]
   rows = sharding.batch_sharding(mesh)
   emb = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=rows)
   mask = jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=rows)
@@ -167,3 +170,18 @@ def test_streamed_loss_memory_is_linear_in_the_batch():
   assert dense[1] / dense[0] > 3.2, dense
   assert streamed[1] / streamed[0] < 2.3, streamed
   assert streamed[1] < 0.25 * dense[1], (streamed, dense)
+
+
+def test_shared_softmax_path_is_chosen_explicitly():
+  """unit_temperature=True (the caller's promise that T = 1) selects the
+  shared-softmax kernel; with the same result as the general one, and a
+  contradicting concrete T is refused rather than silently ignored."""
+  u, v = _embeddings(16, 8, seed=9)
+  kw = dict(alpha=0.5, chunk_size=4)
+  shared = losses.contrastive_loss(u, v, 11.0, unit_temperature=True, **kw)
+  general = losses.contrastive_loss(u, v, 11.0, **kw)
+  np.testing.assert_allclose(shared[0], general[0], rtol=1e-6)
+  with pytest.raises(ValueError, match="unit_temperature=True but the teacher "
+                     "temperature is 0.5"):
+    losses.contrastive_loss(u, v, 11.0, unit_temperature=True,
+                            teacher_temperature=0.5, **kw)
