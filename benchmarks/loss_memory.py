@@ -110,7 +110,7 @@ def report_bank(args, mesh):
 def temp_bytes(mesh, loss, n, d, chunk, ema):
   kind, distill = LOSSES[loss]
   fn = losses.sharded_contrastive_loss(mesh, kind=kind, chunk_size=chunk,
-                                       distill=distill)
+                                       distill=distill, unit_temperature=True)
   rows = sharding.batch_sharding(mesh)
   emb = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=rows)
   mask = jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=rows)
@@ -119,7 +119,7 @@ def temp_bytes(mesh, loss, n, d, chunk, ema):
   def f(u, v, s, b, mask, teacher_emb):
     teacher = None if teacher_emb is None else losses.Teacher(
         *teacher_emb, jnp.float32(10.0))
-    return fn(u, v, s, jnp.float32(0.5), mask, 1.0, teacher,
+    return fn(u, v, s, losses.LossInputs(jnp.float32(0.5), mask, 1.0, teacher),
               b if kind == "sigmoid" else None)[0]
 
   grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))

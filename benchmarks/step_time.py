@@ -138,9 +138,10 @@ def loss_runners(args, variants, mesh):
     if teacher != "self":  # the loss alone does not depend on where P comes from
       continue
     fn = losses.sharded_contrastive_loss(mesh, chunk_size=chunk,
-                                         distill=loss == "psd")
-    f = lambda u, v, s, fn=fn: fn(u, v, s, jnp.float32(0.5), mask,  # noqa: E731
-                                  1.0)[0]
+                                         distill=loss == "psd",
+                                         unit_temperature=True)
+    f = lambda u, v, s, fn=fn: fn(  # noqa: E731
+        u, v, s, losses.LossInputs(jnp.float32(0.5), mask, 1.0))[0]
     grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
     runners[(loss, chunk, teacher)] = [
         lambda c, grad=grad: grad(u, v, jnp.float32(10.0)),

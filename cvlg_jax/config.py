@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from cvlg_jax import fileio
+from cvlg_jax import fileio, losses
 
-# psd = CLIP + PSD soft targets; siglip = sigmoid loss (learned bias);
-# siglip_psd = SigLIP with PSD soft labels (see losses.py).
-LOSSES = ("clip", "psd", "siglip", "siglip_psd")
 # self: the student's own logits (same pass); ema: an EMA copy of the params
 # (one more forward pass); bank: each example's embeddings from the last time
 # it was seen (cvlg_jax/bank.py; memory, no FLOPs). docs/design.md, "Teachers".
@@ -185,7 +182,7 @@ def validate(config, num_devices: int | None = None) -> None:
   _check_keys(config, base_config())
   _choice(config.model.name, tuple(MODELS), "model.name")
   _choice(config.model.dtype, tuple(DTYPES), "model.dtype")
-  _choice(config.loss.name, LOSSES, "loss.name")
+  _choice(config.loss.name, tuple(losses.LOSS_NAMES), "loss.name")
   psd = config.loss.psd
   _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")
   _in_range(psd.subset_fraction, 0.0, 1.0, "loss.psd.subset_fraction")
@@ -278,7 +275,8 @@ def validate(config, num_devices: int | None = None) -> None:
       raise ConfigError(
           f"config.loss.chunk_size={chunk} must divide the {per_device} "
           "examples per device (the key block each device streams)")
-    if config.loss.name in ("psd", "siglip_psd") and psd.teacher == "bank":
+    if (losses.parse_loss_name(config.loss.name).distills
+        and psd.teacher == "bank"):
       _check_bank_fits(config, num_devices)
 
   if config.eval:

@@ -21,7 +21,6 @@ from cvlg_jax import bank as bank_lib, losses, sharding
 from cvlg_jax.data import pipeline
 from cvlg_jax.data.tokenizers import get_tokenizer
 from cvlg_jax.data.transforms import CLIP_MEAN, CLIP_STD
-from cvlg_jax.models.clip import logit_bias
 from cvlg_jax.models.registry import build_model
 from cvlg_jax.optim import make_optimizer
 
@@ -71,12 +70,17 @@ def normalize_images(images):
 
 
 def loss_kind(config) -> str:
-  return "sigmoid" if config.loss.name.startswith("siglip") else "softmax"
+  return losses.parse_loss_name(config.loss.name).kind
 
 
 def distills(config) -> bool:
   """PSD soft targets on (psd, siglip_psd) or plain contrastive (clip, siglip)."""
-  return config.loss.name in ("psd", "siglip_psd")
+  return losses.parse_loss_name(config.loss.name).distills
+
+
+def logit_params(model, params):
+  """``(logit_scale, logit_bias or None)`` of ``params``."""
+  return model.apply({"params": params}, method="logit_params")
 
 
 def teacher_kind(config) -> str | None:
@@ -138,11 +142,11 @@ def _micro_merge(x):
 
 
 def make_grad_fn(model, loss_fn, accum_steps, mesh):
-  """``grad_fn(params, model_state, images, tokens, loss_args)
+  """``grad_fn(params, model_state, images, tokens, inputs)
   -> ((loss, (metrics, logit_scale, new_model_state, (img, txt))), grads)``,
   with (img, txt) this step's embeddings of the batch (no gradient).
 
-  ``loss_args`` = (alpha, mask, temperature, teacher). With ``accum_steps`` k
+  ``inputs``: the :class:`losses.LossInputs`. With ``accum_steps`` k
   > 1 the batch is processed in k micro-batches, as open_clip accumulates:
   pass 1 embeds every micro-batch without gradients; the loss and the
   gradient of its own parameters (logit scale / bias) come from those cached
@@ -154,15 +158,15 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
   its own statistics, in both passes alike; the running statistics are
   updated once per micro-batch, in order, as in a PyTorch accumulation loop.
   """
-  def objective(img, txt, params, loss_args):
-    scale = model.apply({"params": params})[2]
-    loss, metrics = loss_fn(img, txt, scale, *loss_args, logit_bias(params))
+  def objective(img, txt, params, inputs):
+    scale, bias = logit_params(model, params)
+    loss, metrics = loss_fn(img, txt, scale, inputs, bias)
     return loss, (metrics, scale)
 
-  def full_batch(params, model_state, images, tokens, loss_args):
+  def full_batch(params, model_state, images, tokens, inputs):
     def f(p):
       img, txt, new_state = forward(model, p, model_state, images, tokens)
-      loss, (metrics, scale) = objective(img, txt, p, loss_args)
+      loss, (metrics, scale) = objective(img, txt, p, inputs)
       return loss, (metrics, scale, new_state,
                     jax.lax.stop_gradient((img, txt)))
     return jax.value_and_grad(f, has_aux=True)(params)
@@ -171,13 +175,13 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
     return full_batch
   k = accum_steps
 
-  def accumulated(params, model_state, images, tokens, loss_args):
+  def accumulated(params, model_state, images, tokens, inputs):
     micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
     (img_c, txt_c), new_state = embed_micro(
         model, jax.lax.stop_gradient(params), model_state, micro)
     (loss, (metrics, scale)), grads = jax.value_and_grad(
         lambda p: objective(_micro_merge(img_c), _micro_merge(txt_c), p,
-                            loss_args), has_aux=True)(params)
+                            inputs), has_aux=True)(params)
 
     def micro_grads(acc, xs):
       j, (im, tok) = xs
@@ -186,7 +190,7 @@ def make_grad_fn(model, loss_fn, accum_steps, mesh):
         img_j, txt_j, _ = forward(model, p, model_state, im, tok)
         img = _micro_merge(img_c.at[j].set(img_j))
         txt = _micro_merge(txt_c.at[j].set(txt_j))
-        return objective(img, txt, jax.lax.stop_gradient(p), loss_args)[0]
+        return objective(img, txt, jax.lax.stop_gradient(p), inputs)[0]
       return jax.tree.map(jnp.add, acc, jax.grad(f)(params)), None
 
     grads, _ = jax.lax.scan(micro_grads, grads, (jnp.arange(k), micro))
@@ -220,9 +224,11 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
   ramp = psd.ramp_steps if psd.ramp_steps > 0 else config.train.steps
   per_epoch = (pipeline.steps_per_epoch(config) if psd.ramp_unit == "epoch"
                else None)
+  # The self teacher at T = 1 is the student's softmax: the streamed kernel
+  # may share it (docs/design.md §3).
   loss_fn = losses.sharded_contrastive_loss(
       mesh, kind=loss_kind(config), chunk_size=config.loss.chunk_size,
-      distill=distill)
+      distill=distill, unit_temperature=psd.teacher_temperature == 1.0)
   k = config.train.grad_accum_steps
   grad_fn = make_grad_fn(model, loss_fn, k, mesh)
   guard = config.train.get("skip_nonfinite_steps", 0) > 0
@@ -232,7 +238,7 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     """The batch's bank rows as a Teacher at the current logit scale, and how
     many rows have none yet (they fall back to one-hot targets)."""
     t_img, t_txt, seen_step = rows
-    scale = model.apply({"params": state.params})[2]
+    scale = logit_params(model, state.params)[0]
     seen = seen_step > 0
     age = jnp.where(seen, state.step + 1 - seen_step, 0)  # steps since stored
     seen_f = seen.astype(jnp.float32)
@@ -263,13 +269,12 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
         micro = (_micro_split(images, k, mesh), _micro_split(tokens, k, mesh))
         t_img, t_txt = map(_micro_merge, embed_micro(
             model, ema, state.model_state, micro)[0])
-      teacher = losses.Teacher(t_img, t_txt, model.apply({"params": ema})[2])
-    # T stays a Python number: T = 1 is then known at trace time (losses.py).
-    loss_args = (jnp.float32(alpha), mask, float(psd.teacher_temperature),
-                 teacher)
+      teacher = losses.Teacher(t_img, t_txt, logit_params(model, ema)[0])
+    inputs = losses.LossInputs(jnp.float32(alpha), mask,
+                               float(psd.teacher_temperature), teacher)
 
     (loss, (metrics, scale, model_state, embeddings)), grads = grad_fn(
-        state.params, state.model_state, images, tokens, loss_args)
+        state.params, state.model_state, images, tokens, inputs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
@@ -286,7 +291,7 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings):
     grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, loss=loss, alpha=alpha, logit_scale=scale,
                    grad_norm=grad_norm, learning_rate=schedule(state.step))
-    bias = logit_bias(state.params)
+    bias = logit_params(model, state.params)[1]
     if bias is not None:
       metrics["logit_bias"] = bias
     if guard:

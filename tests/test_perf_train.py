@@ -188,15 +188,15 @@ def test_grad_accumulation_equals_full_batch_gradient(fsdp_init, loss):
   batch = sharding.shard_batch(batches[0], mesh)
   images = train_step.normalize_images(batch["image"])
   mask = jax.device_put(np.arange(32) % 3 == 0, rows)
-  args = (jnp.float32(0.5), mask, jnp.float32(0.7), None)
+  args = losses.LossInputs(jnp.float32(0.5), mask, jnp.float32(0.7))
   out = {}
   for k, chunk in ((1, 0), (4, 2)):
     loss_fn = losses.sharded_contrastive_loss(mesh, kind="sigmoid",
                                               chunk_size=chunk)
     grad_fn = jax.jit(train_step.make_grad_fn(model, loss_fn, k, mesh))
     out[k] = jax.device_get(grad_fn(params, None, images, batch["tokens"], args))
-  (loss1, (m1, _, _)), g1 = out[1]
-  (loss4, (m4, _, _)), g4 = out[4]
+  (loss1, (m1, *_)), g1 = out[1]
+  (loss4, (m4, *_)), g4 = out[4]
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for key in m1:
     np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, err_msg=key)

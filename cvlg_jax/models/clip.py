@@ -16,11 +16,6 @@ SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
 SIGLIP_INIT_LOGIT_BIAS = -10.0
 
 
-def logit_bias(params):
-  """SigLIP's learned bias, or None for a model without one."""
-  return params.get("logit_bias")
-
-
 def l2_normalize(x, eps=1e-6):
   x = x.astype(jnp.float32)
   return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
@@ -36,7 +31,8 @@ class CLIP(nn.Module):
   Embeddings are float32 and L2-normalised; ``logit_scale = min(exp(t), 100)``
   with ``t`` learned.
   With ``init_logit_bias`` set (SigLIP) the params also hold a learned scalar
-  ``logit_bias``; the loss reads it from the params (``logit_bias(params)``).
+  ``logit_bias``. What the loss needs besides the embeddings comes from
+  :meth:`logit_params` (``model.apply(variables, method="logit_params")``).
   """
   image_tower: nn.Module
   text_tower: nn.Module
@@ -51,8 +47,13 @@ class CLIP(nn.Module):
     self.text_proj = nn.Dense(self.embed_dim, use_bias=False, name="text_proj")
     self.logit_scale_log = self.param(
         "logit_scale", nn.initializers.constant(self.init_logit_scale), ())
-    if self.init_logit_bias is not None:
-      self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
+    self.logit_bias = (None if self.init_logit_bias is None else self.param(
+        "logit_bias", nn.initializers.constant(self.init_logit_bias), ()))
+
+  def logit_params(self):
+    """``(logit_scale, logit_bias)``: the scale s = min(exp(t), 100), and
+    SigLIP's learned bias (None for a model without one)."""
+    return jnp.minimum(jnp.exp(self.logit_scale_log), MAX_LOGIT_SCALE), self.logit_bias
 
   def encode_image(self, images, train: bool = False):
     x = self.image_tower(images, train=train)
@@ -67,5 +68,4 @@ class CLIP(nn.Module):
                train: bool = False):
     image_emb = None if images is None else self.encode_image(images, train)
     text_emb = None if tokens is None else self.encode_text(tokens)
-    scale = jnp.minimum(jnp.exp(self.logit_scale_log), MAX_LOGIT_SCALE)
-    return image_emb, text_emb, scale
+    return image_emb, text_emb, self.logit_params()[0]
