@@ -18,6 +18,7 @@ import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -140,3 +141,59 @@ def abstract_like(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       tree, shardings)
+
+
+# ------------------------------------------------------ weights-only access ---
+# The ``state`` item of a step directory holds a TrainState (training) or just
+# {"params", "model_state"} (``cvlg_jax.pretrained import``). These read and
+# write the weights of either without knowing the rest of the state, for
+# ``train.init_from``, the eval CLI and the export CLI.
+
+WEIGHT_FIELDS = ("params", "model_state")
+
+
+def save_weights(step_dir: str, params, model_state=None) -> None:
+  """Writes ``step_dir/state`` = {"params", "model_state"}; blocks until committed."""
+  tree = {"params": params}
+  if model_state:
+    tree["model_state"] = model_state
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(fileio.absolute(step_dir), "state"), tree)
+  checkpointer.wait_until_finished()
+
+
+def weights_metadata(step_dir: str) -> dict:
+  """{"params": tree, "model_state": tree or None} of ArrayMetadata (shape,
+  dtype), read from the checkpoint's metadata without loading any array."""
+  path = os.path.join(fileio.absolute(step_dir), "state")
+  tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  if "params" not in tree:
+    raise ValueError(f"{path} holds no params (keys: {', '.join(sorted(tree))})")
+  return {k: tree.get(k) or None for k in WEIGHT_FIELDS}
+
+
+def is_weights_only(step_dir: str) -> bool:
+  """True for an imported checkpoint (no optimizer state to resume from)."""
+  path = os.path.join(fileio.absolute(step_dir), "state")
+  return "opt_state" not in ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+
+
+def restore_weights(step_dir: str, target: dict | None = None) -> dict:
+  """{"params", "model_state"} of a step directory.
+
+  ``target`` (ShapeDtypeStructs with shardings, the same two keys) restores
+  into that layout; without it the arrays come back as host numpy arrays.
+  Only these two fields are read: optimizer state, RNG and EMA are skipped.
+  """
+  path = os.path.join(fileio.absolute(step_dir), "state")
+  meta = weights_metadata(step_dir)
+  if target is None:
+    item = {k: v for k, v in meta.items() if v is not None}
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  else:
+    item = {k: v for k, v in target.items() if v is not None}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+  return {k: restored.get(k) for k in WEIGHT_FIELDS}

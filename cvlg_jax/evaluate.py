@@ -66,8 +66,14 @@ def restore(config, workdir: str, checkpoint: str | None = None) -> Restored:
   mesh = sharding.make_mesh(config.mesh)
   tokenizer, model, tx, _ = train_step.build(config)
   state, shardings = train_step.init_state(config, model, tx, mesh)
-  abstract = checkpointing.abstract_like(state, shardings)
-  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  if checkpointing.is_weights_only(path):  # `cvlg_jax.pretrained import`
+    from cvlg_jax import init_from
+    state, _ = init_from.load(config, state, shardings, path,
+                              source=f"checkpoint {path}")
+  else:
+    abstract = checkpointing.abstract_like(state, shardings)
+    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"),
+                                               abstract)
   return Restored(path, step, tokenizer, model, mesh, state, shardings)
 
 
