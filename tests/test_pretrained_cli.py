@@ -1,0 +1,193 @@
+"""``python -m cvlg_jax.pretrained import|export`` end to end, on a tiny CLIP.
+
+An open_clip ModifiedResNet CLIP sized like the registry's ``rn_tiny`` (random
+weights, random BatchNorm statistics) goes through a .pt file, the import
+CLI, ``cvlg_jax.evaluate``, a PSD fine-tuning step (configs/finetune.py) and
+the export CLI back into open_clip. Needs the interop extra.
+"""
+
+import json
+import math
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+
+from cvlg_jax import checkpointing, evaluate, pretrained as cli, train, train_step  # noqa: E402
+from open_clip_fixtures import open_clip_bpe, randomize_batch_norm  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import finetune  # noqa: E402
+
+# rn_tiny + text_tiny: ResNet width 16 (features 512, 512 / 256 = 2 heads).
+TINY = dict(embed_dim=64,
+            vision_cfg=dict(layers=[1, 1, 1, 1], width=16, head_width=256,
+                            image_size=32),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=64,
+                          heads=2, layers=2))
+TOL = 1e-4
+
+
+def _tiny_open_clip(seed=0):
+  torch.manual_seed(seed)
+  model = open_clip.model.CLIP(**TINY, quick_gelu=True).eval()
+  randomize_batch_norm(model, seed)
+  with torch.no_grad():
+    model.logit_scale.fill_(math.log(30.0))  # not the init value
+  return model
+
+
+def _run_cli(command, **flags):
+  argv = [command] + [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()]
+  try:
+    return cli.main(argv)
+  except SystemExit as e:  # argparse usage errors, missing extras
+    return e.code
+
+
+def _config(imported, **overrides):
+  c = finetune.get_config(f"smoke,model=rn_tiny,vocab={open_clip_bpe()}")
+  c.train.init_from = imported
+  for key, value in overrides.items():
+    group, name = key.rsplit(".", 1)
+    c[group][name] = value
+  return c
+
+
+def _inputs():
+  rng = np.random.default_rng(1)
+  images = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+  tokens = open_clip.tokenize(["a photo of a cat.", "a red cube on grass"]).numpy()
+  return images, tokens
+
+
+def _reference(model, images, tokens):
+  with torch.no_grad():
+    img, txt, _ = model(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                        torch.from_numpy(tokens))
+  return img.numpy(), txt.numpy()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  root = tmp_path_factory.mktemp("interop")
+  model = _tiny_open_clip()
+  sd = model.state_dict()
+  # open_clip's trainer format: {"state_dict": {"module." + key: ...}, ...}.
+  path = str(root / "tiny.pt")
+  torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in sd.items()}},
+             path)
+  out = str(root / "imported")
+  assert _run_cli("import", model="rn_tiny", checkpoint=path, out=out,
+                  tokenizer_path=open_clip_bpe()) == 0
+  return model, out, root
+
+
+def test_import_is_what_evaluate_and_the_embeddings_need(imported):
+  model, out, _ = imported
+  recorded = json.load(open(os.path.join(out, "config.json")))
+  assert recorded["model"]["activation"] == "quick_gelu"
+  assert recorded["model"]["layer_norm_epsilon"] == 1e-5
+  assert (recorded["data"]["image_size"], recorded["data"]["context_length"]) == (32, 77)
+  info = json.load(open(os.path.join(out, "import_info.json")))
+  assert info["num_params"] == sum(p.numel() for p in model.parameters())
+  config = _config("")
+  restored = evaluate.restore(config, out)  # what `cvlg_jax.evaluate` runs on
+  assert restored.step == 0
+  images, tokens = _inputs()
+  img, txt, scale = restored.model.apply(
+      train_step.eval_variables(restored.state), images, tokens.astype(np.int32))
+  ref_img, ref_txt = _reference(model, images, tokens)
+  assert float(np.abs(np.asarray(img) - ref_img).max()) <= TOL
+  assert float(np.abs(np.asarray(txt) - ref_txt).max()) <= TOL
+  assert float(scale) == pytest.approx(30.0, rel=1e-6)
+
+
+def test_export_of_the_import_returns_the_file_exactly(imported, tmp_path):
+  model, out, _ = imported
+  path = str(tmp_path / "back.pt")
+  assert _run_cli("export", workdir=out, out=path) == 0
+  back = torch.load(path, weights_only=True)
+  sd = model.state_dict()
+  assert sorted(back) == sorted(sd)
+  for key, value in sd.items():
+    assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+
+def test_finetune_from_the_import_then_export_to_open_clip(imported, tmp_path):
+  model, out, _ = imported
+  workdir = str(tmp_path / "ft")
+  train.run(_config(out, **{"train.steps": 1}), workdir)
+  tuned = checkpointing.restore_weights(os.path.join(workdir, "checkpoints", "1"))
+  start = checkpointing.restore_weights(os.path.join(out, "checkpoints", "0"))
+  # One AdamW step at lr 1e-5 from the imported weights (not a fresh init).
+  deltas = [float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(tuned["params"]), jax.tree.leaves(start["params"]))]
+  assert 0 < max(deltas) < 1e-4
+  # BatchNorm statistics continue from the imported ones (momentum 0.9).
+  var = tuned["model_state"]["batch_stats"]["image_tower"]["stem_norm1"]["var"]
+  var0 = start["model_state"]["batch_stats"]["image_tower"]["stem_norm1"]["var"]
+  assert np.all(var >= 0.9 * var0 - 1e-6)
+
+  path = str(tmp_path / "tuned.pt")
+  assert _run_cli("export", workdir=workdir, out=path) == 0
+  reloaded = open_clip.model.CLIP(**TINY, quick_gelu=True).eval()
+  reloaded.load_state_dict(torch.load(path, weights_only=True))  # strict
+  images, tokens = _inputs()
+  ref_img, ref_txt = _reference(reloaded, images, tokens)
+  config = _config(out)
+  _, ours, _, _ = train.build(config)
+  img, txt, _ = ours.apply({"params": tuned["params"], **tuned["model_state"]},
+                           images, tokens.astype(np.int32))
+  assert float(np.abs(np.asarray(img) - ref_img).max()) <= TOL
+  assert float(np.abs(np.asarray(txt) - ref_txt).max()) <= TOL
+
+
+def test_cli_refuses_with_one_line_errors(imported, tmp_path, capsys):
+  _, out, root = imported
+  assert _run_cli("import", model="rn_tiny", checkpoint=str(root / "tiny.pt"),
+                  out=out) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert _run_cli("import", model="vit_b32", checkpoint=str(root / "tiny.pt"),
+                  out=str(tmp_path / "x")) == 2
+  assert "not a vit_b32 CLIP state dict" in capsys.readouterr().err
+  assert _run_cli("import", model="rn_tiny", checkpoint=str(tmp_path / "none.pt"),
+                  out=str(tmp_path / "y")) == 2
+  assert _run_cli("frobnicate") == 2
+  # A model trained with cvlg_jax's default tanh GELU has no open_clip twin.
+  config = json.load(open(os.path.join(out, "config.json")))
+  config["model"]["activation"] = "gelu_tanh"
+  other = tmp_path / "tanh"
+  os.makedirs(other / "checkpoints")
+  os.symlink(os.path.join(out, "checkpoints", "0"), other / "checkpoints" / "0")
+  (other / "config.json").write_text(json.dumps(config))
+  assert _run_cli("export", workdir=str(other), out=str(tmp_path / "t.pt")) == 2
+  assert "--allow_mismatch" in capsys.readouterr().err
+  assert _run_cli("export", workdir=str(other), out=str(tmp_path / "t.pt"),
+                  allow_mismatch=True) == 0
+
+
+def test_reads_torchscript_safetensors_and_plain_files(tmp_path):
+  linear = torch.nn.Linear(3, 2)
+  torch.jit.save(torch.jit.script(linear), str(tmp_path / "jit.pt"))  # as OpenAI's
+  torch.save(linear.state_dict(), str(tmp_path / "plain.bin"))
+  from safetensors.torch import save_file
+  save_file(linear.state_dict(), str(tmp_path / "w.safetensors"))
+  for name in ("jit.pt", "plain.bin", "w.safetensors"):
+    sd = cli.read_state_dict(str(tmp_path / name))
+    assert sorted(sd) == ["bias", "weight"], name
+    np.testing.assert_array_equal(sd["weight"], linear.weight.detach().numpy())
+
+
+def test_missing_torch_says_what_to_install(tmp_path, monkeypatch):
+  path = tmp_path / "w.pt"
+  path.write_bytes(b"not used")
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+  with pytest.raises(SystemExit, match="requirements-interop.txt"):
+    cli.read_state_dict(str(path))
