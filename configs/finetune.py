@@ -17,8 +17,8 @@ checkpoint), ``data_dir`` (ArrayRecord shards from ``cvlg_jax.data.convert``),
 vit_l14 | rn50), ``activation`` (quick_gelu for OpenAI's weights, gelu for
 open_clip's own), ``loss`` (psd | clip), ``epochs``, ``batch``, ``lr``,
 ``dtype``, ``image_size``, ``eval_data_dir`` (TFDS data_dir of the eval
-sets), ``evals=paper``, ``smoke`` (a seconds-long run on synthetic data, for
-tests).
+sets), ``evals=paper``, ``eval_only`` (for ``cvlg_jax.evaluate`` without
+training data), ``smoke`` (a seconds-long run on synthetic data, for tests).
 
 Recipe: the usual CLIP fine-tuning one (open_clip / WiSE-FT): AdamW with a
 small peak learning rate (1e-5) after a 500-step warm-up, cosine decay, weight
@@ -46,7 +46,9 @@ def get_config(arg=None):
   c.train.init_from = args.get("init_from", "")
   c.loss.name = args.get("loss", "psd")
 
-  c.data.source = "arrayrecord"
+  # eval_only: `cvlg_jax.evaluate` of an import needs no training data (the
+  # synthetic source only satisfies validation; never train with it here).
+  c.data.source = "synthetic" if "eval_only" in args else "arrayrecord"
   c.data.data_dir = args.get("data_dir", "")
   c.data.image_size = int(args.get("image_size", 224))  # the release's
   c.data.context_length = 77
