@@ -152,6 +152,21 @@ def abstract_like(tree, shardings):
 WEIGHT_FIELDS = ("params", "model_state")
 
 
+def find_step_dir(path: str) -> str:
+  """``path`` if it is a step directory (``.../<step>/state``), else the
+  newest committed step under ``path/checkpoints`` (a workdir)."""
+  path = fileio.absolute(path)
+  if fileio.exists(os.path.join(path, "state")):
+    return path
+  root = os.path.join(path, "checkpoints")
+  # Orbax renames a step's temporary directory to its number on commit.
+  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if (
+      fileio.isdir(root)) else []
+  if not steps:
+    raise FileNotFoundError(f"no committed checkpoint under {root}")
+  return os.path.join(root, str(steps[-1]))
+
+
 def save_weights(step_dir: str, params, model_state=None) -> None:
   """Writes ``step_dir/state`` = {"params", "model_state"}; blocks until committed."""
   tree = {"params": params}

@@ -36,13 +36,9 @@ FUNCTION_OPTIONS = ("activation", "layer_norm_epsilon")
 OPTIONAL_PARAMS = (("logit_bias",),)
 
 
-def find_step_dir(path: str) -> str:
-  """A step directory (``.../<step>/state``), or a workdir's newest one."""
-  from cvlg_jax.evaluate import find_checkpoint
-  path = fileio.absolute(path)
-  if fileio.exists(os.path.join(path, "state")):
-    return path
-  return find_checkpoint(path, None)[0]
+# Not cvlg_jax.evaluate's helper: importing that CLI module from `python -m
+# cvlg_jax.main` (or from itself run as __main__) would define its flags twice.
+find_step_dir = checkpointing.find_step_dir
 
 
 def recorded_model(step_dir: str) -> dict | None:

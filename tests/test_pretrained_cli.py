@@ -9,6 +9,7 @@ the export CLI back into open_clip. Needs the interop extra.
 import json
 import math
 import os
+import subprocess
 import sys
 
 import jax
@@ -18,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from cvlg_jax import checkpointing, evaluate, pretrained as cli, train, train_step  # noqa: E402
+from cvlg_jax import checkpointing, pretrained as cli, train  # noqa: E402
 from open_clip_fixtures import open_clip_bpe, randomize_batch_norm  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ def imported(tmp_path_factory):
   return model, out, root
 
 
-def test_import_is_what_evaluate_and_the_embeddings_need(imported):
+def test_import_records_the_model_and_keeps_the_embeddings(imported):
   model, out, _ = imported
   recorded = json.load(open(os.path.join(out, "config.json")))
   assert recorded["model"]["activation"] == "quick_gelu"
@@ -97,16 +98,40 @@ def test_import_is_what_evaluate_and_the_embeddings_need(imported):
   assert (recorded["data"]["image_size"], recorded["data"]["context_length"]) == (32, 77)
   info = json.load(open(os.path.join(out, "import_info.json")))
   assert info["num_params"] == sum(p.numel() for p in model.parameters())
-  config = _config("")
-  restored = evaluate.restore(config, out)  # what `cvlg_jax.evaluate` runs on
-  assert restored.step == 0
+  # The checkpoint holds exactly the converted weights: the model it
+  # configures (evaluate's, see the CLI test below) computes open_clip's
+  # embeddings.
+  weights = checkpointing.restore_weights(os.path.join(out, "checkpoints", "0"))
+  assert set(weights["model_state"]) == {"batch_stats"}
+  _, model_ours, _, _ = train.build(_config(""))
   images, tokens = _inputs()
-  img, txt, scale = restored.model.apply(
-      train_step.eval_variables(restored.state), images, tokens.astype(np.int32))
+  img, txt, scale = model_ours.apply(
+      {"params": weights["params"], **weights["model_state"]}, images,
+      tokens.astype(np.int32))
   ref_img, ref_txt = _reference(model, images, tokens)
   assert float(np.abs(np.asarray(img) - ref_img).max()) <= TOL
   assert float(np.abs(np.asarray(txt) - ref_txt).max()) <= TOL
   assert float(scale) == pytest.approx(30.0, rel=1e-6)
+
+
+def test_evaluate_cli_runs_on_the_import(imported, tmp_path):
+  _, out, _ = imported
+  config = tmp_path / "ft_eval.py"  # configs/finetune.py plus a synthetic eval
+  config.write_text(
+      f"import sys\nsys.path.insert(0, {REPO!r})\nfrom configs import finetune\n"
+      "def get_config(arg=None):\n"
+      f"  c = finetune.get_config('smoke,eval_only,model=rn_tiny,vocab={open_clip_bpe()}')\n"
+      "  c.eval.synthetic = dict(type='synthetic', num_zeroshot=40, num_retrieval=16)\n"
+      "  return c\n")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  result = subprocess.run(
+      [sys.executable, "-m", "cvlg_jax.evaluate", f"--config={config}",
+       f"--workdir={out}"], capture_output=True, text=True, env=env, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| synthetic | zeroshot_top1 |" in result.stdout
+  report = json.load(open(os.path.join(out, "eval", "0.json")))
+  assert report["step"] == 0 and set(report["results"]) == {"synthetic"}
 
 
 def test_export_of_the_import_returns_the_file_exactly(imported, tmp_path):
