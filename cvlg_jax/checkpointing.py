@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from cvlg_jax import fileio
 
@@ -177,11 +178,22 @@ def save_weights(step_dir: str, params, model_state=None) -> None:
   checkpointer.wait_until_finished()
 
 
+def _state_tree_metadata(step_dir: str) -> dict:
+  # The item's handler, not a Checkpointer: a CheckpointManager item has no
+  # step metadata file of its own (a Checkpointer warns it is missing).
+  path = epath.Path(fileio.absolute(step_dir)) / "state"
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return handler.metadata(path).tree
+  finally:
+    handler.close()
+
+
 def weights_metadata(step_dir: str) -> dict:
   """{"params": tree, "model_state": tree or None} of ArrayMetadata (shape,
   dtype), read from the checkpoint's metadata without loading any array."""
   path = os.path.join(fileio.absolute(step_dir), "state")
-  tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  tree = _state_tree_metadata(step_dir)
   if "params" not in tree:
     raise ValueError(f"{path} holds no params (keys: {', '.join(sorted(tree))})")
   return {k: tree.get(k) or None for k in WEIGHT_FIELDS}
@@ -189,8 +201,7 @@ def weights_metadata(step_dir: str) -> dict:
 
 def is_weights_only(step_dir: str) -> bool:
   """True for an imported checkpoint (no optimizer state to resume from)."""
-  path = os.path.join(fileio.absolute(step_dir), "state")
-  return "opt_state" not in ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  return "opt_state" not in _state_tree_metadata(step_dir)
 
 
 def restore_weights(step_dir: str, target: dict | None = None) -> dict:
@@ -200,7 +211,7 @@ def restore_weights(step_dir: str, target: dict | None = None) -> dict:
   into that layout; without it the arrays come back as host numpy arrays.
   Only these two fields are read: optimizer state, RNG and EMA are skipped.
   """
-  path = os.path.join(fileio.absolute(step_dir), "state")
+  path = epath.Path(fileio.absolute(step_dir)) / "state"
   meta = weights_metadata(step_dir)
   if target is None:
     item = {k: v for k, v in meta.items() if v is not None}
@@ -209,6 +220,10 @@ def restore_weights(step_dir: str, target: dict | None = None) -> dict:
   else:
     item = {k: v for k, v in target.items() if v is not None}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  finally:
+    handler.close()
   return {k: restored.get(k) for k in WEIGHT_FIELDS}
