@@ -68,9 +68,9 @@ def _flat(tree) -> dict:
       {k: v for k, v in tree.items() if v is not None})
 
 
-def check(config, step_dir: str, state, source: str) -> list[tuple]:
-  """Raises ConfigError unless the source's weights fit ``state``'s model;
-  returns the optional params the source lacks."""
+def check_options(config, step_dir: str, source: str) -> None:
+  """ConfigError if the source's recorded activation / LayerNorm epsilon
+  differ from the config's: the same weights would compute another function."""
   recorded = recorded_model(step_dir)
   for key in FUNCTION_OPTIONS if recorded else ():
     if recorded[key] != config.model[key]:
@@ -78,6 +78,12 @@ def check(config, step_dir: str, state, source: str) -> list[tuple]:
           f"{source} was saved with model.{key}={recorded[key]!r}, this "
           f"config has {config.model[key]!r}: set config.model.{key}="
           f"{recorded[key]!r} (the weights were trained with it)")
+
+
+def check(config, step_dir: str, state, source: str) -> list[tuple]:
+  """Raises ConfigError unless the source's weights fit ``state``'s model;
+  returns the optional params the source lacks."""
+  check_options(config, step_dir, source)
   try:
     meta = checkpointing.weights_metadata(step_dir)
   except Exception as e:  # pylint: disable=broad-except

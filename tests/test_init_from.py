@@ -125,6 +125,13 @@ def test_mismatched_model_is_one_line_config_error(source):
     init_from.check(config, step_dir, _abstract_state(config), "src")
 
 
+def test_evaluate_checks_the_recorded_options(source):
+  workdir, _ = source
+  config = tiny_config(**{"model.layer_norm_epsilon": 1e-5})
+  with pytest.raises(config_lib.ConfigError, match="layer_norm_epsilon=1e-06"):
+    evaluate.restore(config, workdir)
+
+
 def test_function_options_must_match_the_record(source):
   workdir, _ = source  # recorded: model.activation="gelu_tanh" (the default)
   config = tiny_config(**{"model.activation": "quick_gelu"})
@@ -133,6 +140,16 @@ def test_function_options_must_match_the_record(source):
                      "set config.model.activation='gelu_tanh'"):
     init_from.check(config, init_from.find_step_dir(workdir),
                     _abstract_state(config), "src")
+
+
+def test_sigmoid_loss_keeps_its_bias_when_the_source_has_none(source):
+  workdir, weights = source  # a softmax-loss checkpoint: no logit_bias
+  config = tiny_config(**{"loss.name": "siglip"})
+  state, shardings = _fresh_state(config)
+  loaded, _ = init_from.load(config, state, shardings, workdir)
+  assert float(loaded.params["logit_bias"]) == -10.0  # SigLIP's initial bias
+  rest = {k: v for k, v in loaded.params.items() if k != "logit_bias"}
+  assert _leaves_equal(rest, weights["params"])
 
 
 def test_validate_checks_the_path_and_new_model_keys(tmp_path):
