@@ -93,6 +93,7 @@ def import_checkpoint(model_name: str, checkpoint: str, out: str, *,
                       activation: str = "quick_gelu",
                       tokenizer_path: str = "") -> str:
   """Writes ``out/checkpoints/0`` and ``out/config.json``; returns the step dir."""
+  import jax  # pylint: disable=import-outside-toplevel
   from cvlg_jax import checkpointing
   from cvlg_jax.config import base_config
 
@@ -115,7 +116,7 @@ def import_checkpoint(model_name: str, checkpoint: str, out: str, *,
   config.data.context_length = int(sizes["context_length"])
   fileio.write_text_atomic(os.path.join(out, "config.json"),
                            config.to_json_best_effort(indent=2, sort_keys=True))
-  count = sum(int(np.prod(np.shape(v))) for v in _leaves(params))
+  count = sum(int(np.size(v)) for v in jax.tree.leaves(params))
   info = dict(source=os.path.abspath(checkpoint), model=model_name,
               activation=activation, num_params=count,
               open_clip_name=convert.open_clip_model_name(model_name, activation)
@@ -124,11 +125,6 @@ def import_checkpoint(model_name: str, checkpoint: str, out: str, *,
   fileio.write_text_atomic(os.path.join(out, "import_info.json"),
                            json.dumps(info, indent=2))
   return step_dir
-
-
-def _leaves(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.tree.leaves(tree)
 
 
 def export_checkpoint(workdir: str, out: str, *, checkpoint: str | None = None,
