@@ -18,8 +18,10 @@ import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from cvlg_jax import fileio
 
@@ -140,3 +142,88 @@ def abstract_like(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       tree, shardings)
+
+
+# ------------------------------------------------------ weights-only access ---
+# The ``state`` item of a step directory holds a TrainState (training) or just
+# {"params", "model_state"} (``cvlg_jax.pretrained import``). These read and
+# write the weights of either without knowing the rest of the state, for
+# ``train.init_from``, the eval CLI and the export CLI.
+
+WEIGHT_FIELDS = ("params", "model_state")
+
+
+def find_step_dir(path: str) -> str:
+  """``path`` if it is a step directory (``.../<step>/state``), else the
+  newest committed step under ``path/checkpoints`` (a workdir)."""
+  path = fileio.absolute(path)
+  if fileio.exists(os.path.join(path, "state")):
+    return path
+  root = os.path.join(path, "checkpoints")
+  # Orbax renames a step's temporary directory to its number on commit.
+  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if (
+      fileio.isdir(root)) else []
+  if not steps:
+    raise FileNotFoundError(f"no committed checkpoint under {root}")
+  return os.path.join(root, str(steps[-1]))
+
+
+def save_weights(step_dir: str, params, model_state=None) -> None:
+  """Writes ``step_dir/state`` = {"params", "model_state"}; blocks until committed."""
+  tree = {"params": params}
+  if model_state:
+    tree["model_state"] = model_state
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(fileio.absolute(step_dir), "state"), tree)
+  checkpointer.wait_until_finished()
+
+
+def _state_tree_metadata(step_dir: str) -> dict:
+  # The item's handler, not a Checkpointer: a CheckpointManager item has no
+  # step metadata file of its own (a Checkpointer warns it is missing).
+  path = epath.Path(fileio.absolute(step_dir)) / "state"
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return handler.metadata(path).tree
+  finally:
+    handler.close()
+
+
+def weights_metadata(step_dir: str) -> dict:
+  """{"params": tree, "model_state": tree or None} of ArrayMetadata (shape,
+  dtype), read from the checkpoint's metadata without loading any array."""
+  path = os.path.join(fileio.absolute(step_dir), "state")
+  tree = _state_tree_metadata(step_dir)
+  if "params" not in tree:
+    raise ValueError(f"{path} holds no params (keys: {', '.join(sorted(tree))})")
+  return {k: tree.get(k) or None for k in WEIGHT_FIELDS}
+
+
+def is_weights_only(step_dir: str) -> bool:
+  """True for an imported checkpoint (no optimizer state to resume from)."""
+  return "opt_state" not in _state_tree_metadata(step_dir)
+
+
+def restore_weights(step_dir: str, target: dict | None = None) -> dict:
+  """{"params", "model_state"} of a step directory.
+
+  ``target`` (ShapeDtypeStructs with shardings, the same two keys) restores
+  into that layout; without it the arrays come back as host numpy arrays.
+  Only these two fields are read: optimizer state, RNG and EMA are skipped.
+  """
+  path = epath.Path(fileio.absolute(step_dir)) / "state"
+  meta = weights_metadata(step_dir)
+  if target is None:
+    item = {k: v for k, v in meta.items() if v is not None}
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  else:
+    item = {k: v for k, v in target.items() if v is not None}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  finally:
+    handler.close()
+  return {k: restored.get(k) for k in WEIGHT_FIELDS}

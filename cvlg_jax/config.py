@@ -31,7 +31,10 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  c.model = dict(name="tiny", dtype="float32", remat=False)
+  # activation / layer_norm_epsilon: released CLIP weights need quick_gelu
+  # (OpenAI) or gelu (open_clip) and 1e-5; see models/pretrained.py.
+  c.model = dict(name="tiny", dtype="float32", remat=False,
+                 activation="gelu_tanh", layer_norm_epsilon=1e-6)
 
   c.data = dict(
       source="synthetic",
@@ -89,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       log_every=50, eval_every=250, checkpoint_every=250,
       keep_checkpoints=3,
+      # A checkpoint (step dir or workdir; cvlg_jax or `cvlg_jax.pretrained
+      # import`) whose params and model state start a new run (init_from.py).
+      init_from="",
       # NaN/Inf in the loss or gradients stops the run (nothing is saved from
       # the bad step on); N > 0 instead skips up to N such updates in total.
       skip_nonfinite_steps=0,
@@ -177,11 +183,18 @@ def validate(config, num_devices: int | None = None) -> None:
   """Raises :class:`ConfigError` with one clear line for the first problem."""
   from cvlg_jax import sharding
   from cvlg_jax.data.tokenizers import TOKENIZER_NAMES
-  from cvlg_jax.models.registry import DTYPES, MODELS
+  from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
 
   _check_keys(config, base_config())
   _choice(config.model.name, tuple(MODELS), "model.name")
   _choice(config.model.dtype, tuple(DTYPES), "model.dtype")
+  _choice(config.model.activation, tuple(ACTIVATIONS), "model.activation")
+  if not 0 < config.model.layer_norm_epsilon < 1:
+    raise ConfigError(f"config.model.layer_norm_epsilon="
+                      f"{config.model.layer_norm_epsilon} must be in (0, 1)")
+  if config.train.init_from and not fileio.exists(config.train.init_from):
+    raise ConfigError(f"config.train.init_from={config.train.init_from!r} does "
+                      "not exist (a checkpoint step directory or a workdir)")
   _choice(config.loss.name, tuple(losses.LOSS_NAMES), "loss.name")
   psd = config.loss.psd
   _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")

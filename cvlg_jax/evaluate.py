@@ -59,15 +59,23 @@ def restore(config, workdir: str, checkpoint: str | None = None) -> Restored:
   as the trainer lays it out, with the tokenizer and model that go with it."""
   import jax
   import orbax.checkpoint as ocp
-  from cvlg_jax import checkpointing, config as config_lib, sharding, train_step
+  from cvlg_jax import (checkpointing, config as config_lib, init_from,
+                        sharding, train_step)
 
   config_lib.validate(config, num_devices=jax.device_count())
   path, step = find_checkpoint(workdir, checkpoint)
+  # The weights were trained with the recorded activation / LayerNorm eps.
+  init_from.check_options(config, path, f"checkpoint {path}")
   mesh = sharding.make_mesh(config.mesh)
   tokenizer, model, tx, _ = train_step.build(config)
   state, shardings = train_step.init_state(config, model, tx, mesh)
-  abstract = checkpointing.abstract_like(state, shardings)
-  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  if checkpointing.is_weights_only(path):  # `cvlg_jax.pretrained import`
+    state, _ = init_from.load(config, state, shardings, path,
+                              source=f"checkpoint {path}")
+  else:
+    abstract = checkpointing.abstract_like(state, shardings)
+    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"),
+                                               abstract)
   return Restored(path, step, tokenizer, model, mesh, state, shardings)
 
 

@@ -251,6 +251,11 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
   if restored is not None:
     state = restored
     logging.info("Resumed from checkpoint at step %d.", start)
+  elif config.train.init_from:  # a resumed run keeps its own weights
+    from cvlg_jax import init_from
+    state, source = init_from.load(config, state, state_shardings,
+                                   config.train.init_from)
+    logging.info("Initialised params and model state from %s.", source)
   start = start or 0
   lead = jax.process_index() == 0
   if lead:

@@ -95,7 +95,9 @@ def build(config):
                             vocab_size=data.vocab_size, path=data.tokenizer_path)
   model = build_model(config.model.name, vocab_size=tokenizer.vocab_size,
                       dtype=config.model.dtype, remat=config.model.remat,
-                      sigmoid=loss_kind(config) == "sigmoid")
+                      sigmoid=loss_kind(config) == "sigmoid",
+                      activation=config.model.activation,
+                      layer_norm_epsilon=config.model.layer_norm_epsilon)
   tx, schedule = make_optimizer(config.optim, config.train.steps)
   return tokenizer, model, tx, schedule
 

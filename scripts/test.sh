@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-test.txt -e .
+# The optional torch/open_clip extra, so the pretrained-weights parity tests
+# run too (they are skipped without it); CVLG_SKIP_INTEROP=1 leaves it out.
+if [[ "${CVLG_SKIP_INTEROP:-0}" != 1 ]]; then
+  .venv/bin/python -m pip install -q -r requirements-interop.txt -c requirements.txt
+fi
 export XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu \
        TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

@@ -19,14 +19,21 @@ def normalize(image: np.ndarray) -> np.ndarray:
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Eval transform: resize the short side to ``size`` (bicubic), centre-crop."""
+  """Eval transform: resize the short side to ``size`` (bicubic), centre-crop.
+
+  Sizes and offsets are rounded as torchvision's ``Resize`` + ``CenterCrop``
+  (CLIP's and open_clip's eval preprocessing) round them, so released models
+  see the same pixels here as in their reference evaluation.
+  """
   pil = Image.fromarray(np.asarray(image, np.uint8))
   w, h = pil.size
-  scale = size / min(w, h)
-  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+  if w <= h:
+    new_w, new_h = size, int(size * h / w)
+  else:
+    new_w, new_h = int(size * w / h), size
   if (new_w, new_h) != (w, h):
     pil = pil.resize((new_w, new_h), Image.BICUBIC)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
+  left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
   return np.asarray(pil.crop((left, top, left + size, top + size)), np.uint8)
 
 

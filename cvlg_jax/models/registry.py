@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from cvlg_jax.models import clip
 from cvlg_jax.models.clip import CLIP
 from cvlg_jax.models.text import TextTransformer
+from cvlg_jax.models.transformer import (
+    ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_LAYER_NORM_EPSILON)
 from cvlg_jax.models.vit import VisionTransformer
 
 VISION_TOWERS = {
@@ -46,20 +48,30 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
-                remat: bool = False, sigmoid: bool = False) -> CLIP:
+                remat: bool = False, sigmoid: bool = False,
+                activation: str = DEFAULT_ACTIVATION,
+                layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON) -> CLIP:
   """CLIP two-tower model for a registered size. Params are always float32;
   ``dtype`` is the compute dtype of the towers (embeddings, the logit scale
   and the loss stay float32). ``sigmoid`` adds SigLIP's learned logit bias
-  and uses SigLIP's initial scale and bias."""
+  and uses SigLIP's initial scale and bias. ``activation`` (transformer MLPs)
+  and ``layer_norm_epsilon`` change no parameter, only the function: released
+  CLIP weights need ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip) and
+  1e-5 (see models/pretrained.py)."""
   if name not in MODELS:
     raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
   if dtype not in DTYPES:
     raise ValueError(f"model.dtype={dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"model.activation={activation!r} is unknown; allowed: "
+                     f"{', '.join(ACTIVATIONS)}")
   spec, cdtype = MODELS[name], DTYPES[dtype]
+  block_opts = dict(activation=activation, layer_norm_epsilon=layer_norm_epsilon)
   image_cfg = dict(VISION_TOWERS[spec["image"]])
   kind = image_cfg.pop("kind")
   if kind == "vit":
-    image_tower = VisionTransformer(**image_cfg, remat=remat, dtype=cdtype)
+    image_tower = VisionTransformer(**image_cfg, remat=remat, dtype=cdtype,
+                                    **block_opts)
     project_image = True
   else:
     from cvlg_jax.models.resnet import ModifiedResNet
@@ -69,7 +81,7 @@ def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
                                  norm="batch", remat=remat, dtype=cdtype)
     project_image = False
   text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
-                               remat=remat, dtype=cdtype)
+                               remat=remat, dtype=cdtype, **block_opts)
   init = (dict(init_logit_scale=clip.SIGLIP_INIT_LOGIT_SCALE,
                init_logit_bias=clip.SIGLIP_INIT_LOGIT_BIAS) if sigmoid else {})
   return CLIP(image_tower, text_tower, spec["embed_dim"], project_image, **init)

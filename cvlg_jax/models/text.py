@@ -7,7 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvlg_jax.models.transformer import Encoder
+from cvlg_jax.models.transformer import (
+    DEFAULT_ACTIVATION, DEFAULT_LAYER_NORM_EPSILON, Encoder)
 
 
 def eot_positions(tokens):
@@ -30,6 +31,8 @@ class TextTransformer(nn.Module):
   mlp_ratio: float = 4.0
   remat: bool = False
   dtype: Any = jnp.float32
+  activation: str = DEFAULT_ACTIVATION
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, tokens):
@@ -41,7 +44,8 @@ class TextTransformer(nn.Module):
                      (1, length, self.width))
     x = x + pos.astype(self.dtype)
     causal = nn.make_causal_mask(tokens, dtype=bool)
+    eps = self.layer_norm_epsilon
     x = Encoder(self.depth, self.heads, self.mlp_ratio, self.remat, self.dtype,
-                name="encoder")(x, causal)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+                self.activation, eps, name="encoder")(x, causal)
+    x = nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="ln_final")(x)
     return x[jnp.arange(x.shape[0]), eot_positions(tokens)]

@@ -7,7 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvlg_jax.models.transformer import Encoder
+from cvlg_jax.models.transformer import (
+    DEFAULT_ACTIVATION, DEFAULT_LAYER_NORM_EPSILON, Encoder)
 
 
 class VisionTransformer(nn.Module):
@@ -24,6 +25,8 @@ class VisionTransformer(nn.Module):
   pool: str = "cls"
   remat: bool = False
   dtype: Any = jnp.float32
+  activation: str = DEFAULT_ACTIVATION
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -45,8 +48,9 @@ class VisionTransformer(nn.Module):
     pos = self.param("pos_embedding", nn.initializers.normal(c ** -0.5),
                      (1, x.shape[1], c))
     x = x + pos.astype(x.dtype)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_pre")(x)
+    eps = self.layer_norm_epsilon
+    x = nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="ln_pre")(x)
     x = Encoder(self.depth, self.heads, self.mlp_ratio, self.remat, self.dtype,
-                name="encoder")(x)
+                self.activation, eps, name="encoder")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-    return nn.LayerNorm(dtype=self.dtype, name="ln_post")(x)
+    return nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="ln_post")(x)
