@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
       image_key="image", caption_key="caption",  # TFDS feature names
       crop_min_scale=0.9,        # random-resized-crop scale range [min, 1]
       flip=False,                # random horizontal flip (real data)
+      fast_decode=True,          # JPEG DCT-scale decode + box-reduce (decode.py)
       max_aspect_ratio=10.0,     # images more elongated are skipped
       worker_count=0,            # Grain worker processes (0 = in-process)
       prefetch_buffer_size=2,

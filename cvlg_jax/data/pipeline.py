@@ -79,7 +79,8 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
   else:
     it_ds = decode_and_skip(ds, train=True, image_size=data.image_size,
                             crop_scale=(data.crop_min_scale, 1.0), flip=data.flip,
-                            max_aspect_ratio=data.max_aspect_ratio)
+                            max_aspect_ratio=data.max_aspect_ratio,
+                            fast=data.fast_decode)
     it_ds = it_ds.map(TokenizeCaption(tokenizer))
   it_ds = it_ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   if data.worker_count > 0:
