@@ -20,8 +20,8 @@ VISION_TOWERS = {
     "vit_b32": dict(kind="vit", patch_size=32, width=768, depth=12, heads=12),
     "vit_b16": dict(kind="vit", patch_size=16, width=768, depth=12, heads=12),
     "vit_l14": dict(kind="vit", patch_size=14, width=1024, depth=24, heads=16),
-    # Half-depth, half-width ViT-S/32: the CPU train-step comparison with
-    # open_clip (benchmarks/step_vs_open_clip.py), small enough for a laptop.
+    # Half-depth ViT-S/32 (6 x 384) with a half-size text tower: the CPU
+    # train-step comparison with open_clip (benchmarks/step_vs_open_clip.py).
     "vit_bench_s32": dict(kind="vit", patch_size=32, width=384, depth=6, heads=6),
     "rn50": dict(kind="resnet", layers=(3, 4, 6, 3), width=64, heads=32),
     "rn_tiny": dict(kind="resnet", layers=(1, 1, 1, 1), width=16, heads=2),
