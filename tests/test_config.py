@@ -135,6 +135,12 @@ def test_fractions_outside_unit_interval(path, value):
   assert _error(c) == f"config.{path}={value} must be in [0.0, 1.0]"
 
 
+@pytest.mark.parametrize("path", ["data.worker_count", "data.read_threads"])
+def test_negative_data_process_counts(path):
+  c = _set(demo.get_config("tiny"), path, -1)
+  assert _error(c) == f"config.{path}=-1 must be >= 0"
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_fraction_bounds_are_inclusive(value):
   c = demo.get_config("tiny")

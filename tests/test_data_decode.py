@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from image_fixtures import encode_image as _encode
+from image_fixtures import encode_image as _encode, photo_like
 
 from cvlg_jax.data import decode, records, transforms
 from cvlg_jax.data.decode import Rejection, SKIP_REASONS, decode_example
@@ -116,6 +116,53 @@ def test_jpeg_draft_decode_matches_full_decode():
   top, left, h, w = transforms.sample_crop_box(960, 1280, rng_b, (0.5, 0.5))
   ref = transforms.crop_resize(Image.fromarray(full), (top, left, h, w), 64)
   assert np.abs(crop - ref).mean() < 2.0
+
+
+@pytest.mark.parametrize("width,height", [(500, 375), (1024, 768)])
+def test_fast_decode_is_statistically_the_exact_path(width, height):
+  """fast=True (DCT-scale decode + box-reduce) vs fast=False (full decode, one
+  bicubic pass) on the same seeds: the same crop box and flip (boxes are drawn
+  before decoding), and pixels within the stated tolerance: mean abs
+  difference < 1 grey level (worst image < 1.5), mean brightness shift
+  < 0.3 levels (PIL rounds box averages half up: +0.25), same contrast."""
+  rng = np.random.default_rng(0)
+  images = [photo_like(rng, width, height) for _ in range(2)]
+  for scale in (0.9, 0.08):
+    mad, shift, std_ratio = [], [], []
+    for seed in range(16):
+      record = {"image": images[seed % 2], "caption": "c"}
+      out = {}
+      for fast in (True, False):
+        ex = decode_example(record, np.random.default_rng(seed), train=True,
+                            image_size=224, crop_scale=(scale, 1.0), flip=True,
+                            fast=fast)
+        out[fast] = ex["image"].astype(np.float64)
+      diff = out[True] - out[False]
+      mad.append(np.abs(diff).mean())
+      shift.append(diff.mean())
+      std_ratio.append(out[True].std() / out[False].std())
+    assert np.mean(mad) < 1.0 and max(mad) < 1.5, (scale, mad)
+    assert abs(np.mean(shift)) < 0.3, (scale, shift)
+    assert 0.98 < np.mean(std_ratio) < 1.02, (scale, std_ratio)
+  # A crop box that allows no shortcut gives bit-identical pixels.
+  small = photo_like(rng, 240, 180)
+  for fast in (True, False):
+    out[fast] = decode_example({"image": small, "caption": "c"},
+                               np.random.default_rng(3), train=True,
+                               image_size=224, crop_scale=(0.9, 1.0), fast=fast)
+  np.testing.assert_array_equal(out[True]["image"], out[False]["image"])
+
+
+def test_flip_in_pil_equals_numpy_flip():
+  jpeg = _encode(_gradient(90, 120))
+  for seed in range(8):
+    kw = dict(train=True, image_size=32, crop_scale=(0.5, 1.0))
+    plain = decode.preprocess_image(jpeg, np.random.default_rng(seed), **kw)
+    flipped = decode.preprocess_image(jpeg, np.random.default_rng(seed), flip=True, **kw)
+    rng = np.random.default_rng(seed)
+    transforms.sample_crop_box(90, 120, rng, (0.5, 1.0))
+    expect = plain[:, ::-1] if rng.random() < 0.5 else plain
+    np.testing.assert_array_equal(flipped, expect)
 
 
 def _bad_records():

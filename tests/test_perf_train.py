@@ -290,6 +290,9 @@ def test_clip_model_sizes_and_rn50_shapes():
   """Parameter counts of OpenAI CLIP (open_clip's table: ViT-B/16 149.62M,
   ViT-L/14 427.62M, RN50 102.01M) and RN50's outputs at 224 px in bf16."""
   assert _count("vit_b16", 224)[2] == 149_620_737
+  # The CPU benchmark model (benchmarks/step_vs_open_clip.py): the count of
+  # open_clip.model.CLIP(256, its vision_cfg, its text_cfg).
+  assert _count("bench_s32", 224)[2] == 29_418_625
   assert round(_count("vit_l14", 224)[2] / 1e6, 2) == 427.62
   model, params, n = _count("rn50", 224, dtype="bfloat16")
   assert round(n / 1e6, 2) == 102.01

@@ -264,6 +264,23 @@ def test_clip_bpe_matches_naive_reference_on_random_text(tmp_path):
     assert tok.encode(text) == _naive_encode(text, merges), repr(text)
 
 
+def test_clean_text_ascii_fast_path_equals_ftfy():
+  # clean_text skips ftfy for printable ASCII without "&"; on such text ftfy
+  # must be the identity, or ids would change. Every printable ASCII char,
+  # incl. quotes, "<", backslashes and runs of spaces, in random strings.
+  rng = random.Random(0)
+  printable = [chr(c) for c in range(32, 127) if chr(c) != "&"]
+  texts = ["".join(rng.choice(printable) for _ in range(rng.randint(0, 60)))
+           for _ in range(3000)]
+  texts += ["don't", "``quoted''", "a -- b", "<b>x</b>", "x\\n", "  "]
+  for text in texts:
+    assert text.isascii() and text.isprintable() and "&" not in text
+    assert ftfy.fix_text(text) == text, repr(text)
+  # And the slow path still runs where it matters.
+  assert clip_bpe.clean_text("the&amp;amp;cat") == "the&cat"
+  assert clip_bpe.clean_text("caf\u00c3\u00a9\tBar") == "caf\u00e9 bar"
+
+
 _REAL_BPE = os.environ.get("CVLG_CLIP_BPE")
 
 

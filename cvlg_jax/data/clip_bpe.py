@@ -74,8 +74,14 @@ def byte_alphabet() -> list[tuple[int, str]]:
 
 
 def clean_text(text: str) -> str:
-  """CLIP's text normalisation (step 1 above), in the reference's order."""
-  text = ftfy.fix_text(text)
+  """CLIP's text normalisation (step 1 above), in the reference's order.
+
+  ftfy is skipped for printable ASCII without ``&``, where it cannot change
+  anything (its fixes need non-ASCII, control characters or HTML entities)
+  and would cost ~2/3 of the tokenizer's time.
+  """
+  if not (text.isascii() and text.isprintable() and "&" not in text):
+    text = ftfy.fix_text(text)
   text = html.unescape(html.unescape(text)).strip()
   text = _WHITESPACE_RE.sub(" ", text).strip()
   return text.lower()

@@ -161,9 +161,13 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
     it_ds = ds.map(TokenizeCaption(tokenizer)).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=data.prefetch_buffer_size))
   else:
+    read = grain.ReadOptions(
+        num_threads=data.read_threads,
+        prefetch_buffer_size=max(data.prefetch_buffer_size, 2 * data.read_threads))
     it_ds = decode_and_skip(ds, train=True, image_size=data.image_size,
                             crop_scale=(data.crop_min_scale, 1.0), flip=data.flip,
-                            max_aspect_ratio=data.max_aspect_ratio)
+                            max_aspect_ratio=data.max_aspect_ratio,
+                            fast=data.fast_decode, read_options=read)
     it_ds = it_ds.map(TokenizeCaption(tokenizer))
   it_ds = it_ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   if data.worker_count > 0:

@@ -87,16 +87,20 @@ class _SkipAndCountIterator(grain.DatasetIterator):
 
 
 def decode_and_skip(ds: grain.MapDataset, *, train: bool, image_size: int,
-                    seed: int | None = None, **image_kwargs) -> grain.IterDataset:
+                    seed: int | None = None,
+                    read_options: grain.ReadOptions | None = None,
+                    **image_kwargs) -> grain.IterDataset:
   """Raw records -> good examples with ``skipped`` counts, as an IterDataset.
 
   Training draws crop/flip/caption choice from Grain's per-element RNG (set
   ``seed`` here or with ``ds.seed(...)`` upstream); eval is deterministic.
+  ``read_options``: threads and buffer of the read + decode (Grain's default
+  when None).
   """
   fn = functools.partial(decode_example, train=train, image_size=image_size,
                          **image_kwargs)
   ds = ds.random_map(fn, seed=seed) if train else ds.map(functools.partial(fn, rng=None))
-  return SkipAndCount(ds.to_iter_dataset())
+  return SkipAndCount(ds.to_iter_dataset(read_options))
 
 
 def skip_metrics(skipped: np.ndarray, prefix: str = "data/skipped_") -> dict[str, int]:

@@ -6,6 +6,8 @@ CLIP-normalised arrays only at the end, so workers ship 4x fewer bytes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -85,12 +87,14 @@ def sample_crop_box(height: int, width: int, rng: np.random.Generator,
   if not (0 < ratio[0] <= ratio[1]):
     raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {ratio}")
   area = height * width
-  log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+  # Scalar math via `math` (numpy's scalar ufuncs cost ~1 us each, a third of
+  # this function); the same IEEE functions, so the same boxes.
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
   for _ in range(10):
     target = area * rng.uniform(scale[0], scale[1])
-    aspect = np.exp(rng.uniform(log_lo, log_hi))
-    w = int(round(np.sqrt(target * aspect)))
-    h = int(round(np.sqrt(target / aspect)))
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
@@ -106,16 +110,30 @@ def sample_crop_box(height: int, width: int, rng: np.random.Generator,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+# Reducing gap of the fast resize: a crop more than 1x the output size is first
+# averaged down by the integer part of the ratio (PIL's ``reduce``, a box
+# filter, much cheaper per input pixel than bicubic taps), then bicubic-
+# resized by the remaining factor in [1, 2). Costs < 1 grey level of mean abs
+# difference against one exact bicubic pass (tests/test_data_decode.py).
+FAST_REDUCING_GAP = 1.0
+
+
 def crop_resize(image: Image.Image, box: tuple[float, float, float, float],
-                size: int) -> np.ndarray:
+                size: int, *, fast: bool = False, mirror: bool = False
+                ) -> np.ndarray:
   """Crops ``box`` = (top, left, h, w) and resizes it to size x size (bicubic).
 
   One PIL call with ``box=`` so only the crop is resampled; the box may be
-  fractional (after a JPEG draft-mode downscale).
+  fractional (after a JPEG draft-mode downscale). ``fast``: box-reduce by the
+  integer part of the downscale first (``FAST_REDUCING_GAP``). ``mirror``
+  flips left-right in PIL (10x cheaper than a reversed numpy copy of HWC).
   """
   top, left, h, w = box
   out = image.resize((size, size), Image.BICUBIC,
-                     box=(left, top, left + w, top + h))
+                     box=(left, top, left + w, top + h),
+                     reducing_gap=FAST_REDUCING_GAP if fast else None)
+  if mirror:
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return np.asarray(out, np.uint8)
 
 

@@ -22,6 +22,9 @@ VISION_TOWERS = {
     "vit_b32": dict(kind="vit", patch_size=32, width=768, depth=12, heads=12),
     "vit_b16": dict(kind="vit", patch_size=16, width=768, depth=12, heads=12),
     "vit_l14": dict(kind="vit", patch_size=14, width=1024, depth=24, heads=16),
+    # Half-depth ViT-S/32 (6 x 384) with a half-size text tower: the CPU
+    # train-step comparison with open_clip (benchmarks/step_vs_open_clip.py).
+    "vit_bench_s32": dict(kind="vit", patch_size=32, width=384, depth=6, heads=6),
     "rn50": dict(kind="resnet", layers=(3, 4, 6, 3), width=64, heads=32),
     "rn_tiny": dict(kind="resnet", layers=(1, 1, 1, 1), width=16, heads=2),
 }
@@ -31,6 +34,7 @@ TEXT_TOWERS = {
     "text_small_demo": dict(width=128, depth=2, heads=4),
     "text_base": dict(width=512, depth=12, heads=8),   # CLIP ViT-B and RN50
     "text_large": dict(width=768, depth=12, heads=12),  # CLIP ViT-L/14
+    "text_bench": dict(width=256, depth=6, heads=4),
 }
 
 MODELS = {
@@ -41,6 +45,7 @@ MODELS = {
     "vit_b32": dict(image="vit_b32", text="text_base", embed_dim=512),
     "vit_b16": dict(image="vit_b16", text="text_base", embed_dim=512),
     "vit_l14": dict(image="vit_l14", text="text_large", embed_dim=768),
+    "bench_s32": dict(image="vit_bench_s32", text="text_bench", embed_dim=256),
     "rn50": dict(image="rn50", text="text_base", embed_dim=1024),
 }
 
