@@ -187,7 +187,7 @@ def _check_bank_fits(config, num_devices: int) -> None:
 def validate(config, num_devices: int | None = None) -> None:
   """Raises :class:`ConfigError` with one clear line for the first problem."""
   from cvlg_jax import sharding
-  from cvlg_jax.data.tokenizers import TOKENIZER_NAMES
+  from cvlg_jax.data.tokenizers import TOKENIZERS
   from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
 
   _check_keys(config, base_config())
@@ -228,7 +228,7 @@ def validate(config, num_devices: int | None = None) -> None:
 
   data = config.data
   _choice(data.source, DATA_SOURCES, "data.source")
-  _choice(data.tokenizer, TOKENIZER_NAMES, "data.tokenizer")
+  _choice(data.tokenizer, tuple(TOKENIZERS), "data.tokenizer")
   if data.tokenizer != "builtin" and not fileio.exists(data.tokenizer_path):
     raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
                       f"not exist (needed by data.tokenizer={data.tokenizer!r})")

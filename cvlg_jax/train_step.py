@@ -19,7 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cvlg_jax import bank as bank_lib, losses, sharding
 from cvlg_jax.data import pipeline
-from cvlg_jax.data.tokenizers import get_tokenizer
 from cvlg_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from cvlg_jax.models.registry import build_model
 from cvlg_jax.optim import make_optimizer
@@ -90,9 +89,7 @@ def teacher_kind(config) -> str | None:
 
 def build(config):
   """Tokenizer, model and optimizer from config (no arrays created)."""
-  data = config.data
-  tokenizer = get_tokenizer(data.tokenizer, context_length=data.context_length,
-                            vocab_size=data.vocab_size, path=data.tokenizer_path)
+  tokenizer = pipeline.make_tokenizer(config)
   model = build_model(config.model.name, vocab_size=tokenizer.vocab_size,
                       dtype=config.model.dtype, remat=config.model.remat,
                       sigmoid=loss_kind(config) == "sigmoid",

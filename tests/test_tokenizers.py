@@ -378,7 +378,8 @@ def test_builtin_tokenizer_gives_every_synthetic_word_its_own_id():
   """Hashing alone put "blue" and "square" on one id at vocab 4096, which made
   "a blue circle" and "a square circle" indistinguishable to the model."""
   from cvlg_jax.data import synthetic
-  tok = get_tokenizer("builtin", context_length=16)
+  tok = get_tokenizer("builtin", context_length=16,
+                      known_words=synthetic.VOCABULARY)
   ids = [tok.word_id(w) for w in synthetic.VOCABULARY]
   assert len(set(ids)) == len(ids) == len(synthetic.VOCABULARY)
   assert max(ids) == 2 + len(ids)  # the first ids after the 3 special ones

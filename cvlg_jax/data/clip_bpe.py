@@ -38,7 +38,7 @@ from etils import epath
 import numpy as np
 import regex
 
-from cvlg_jax.data.tokenizers import pack_ids
+from cvlg_jax.data.text import pack_ids
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"

@@ -27,7 +27,7 @@ import numpy as np
 
 from cvlg_jax.data import synthetic
 from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
-from cvlg_jax.data.tokenizers import Tokenizer
+from cvlg_jax.data.tokenizers import Tokenizer, get_tokenizer
 
 
 EXAMPLE_ID = "example_id"
@@ -62,6 +62,15 @@ class TokenizeCaption(grain.transforms.Map):
       if key in example:
         out[key] = example[key]
     return out
+
+
+def make_tokenizer(config) -> Tokenizer:
+  """``config.data.tokenizer``; the builtin one knows the synthetic data's
+  words (collision-free ids for the offline demo)."""
+  data = config.data
+  return get_tokenizer(data.tokenizer, context_length=data.context_length,
+                       vocab_size=data.vocab_size, path=data.tokenizer_path,
+                       known_words=synthetic.VOCABULARY)
 
 
 def train_source(config):

@@ -29,7 +29,7 @@ import re
 
 import numpy as np
 
-from cvlg_jax.data.tokenizers import split_words
+from cvlg_jax.data.text import split_words
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),

@@ -8,11 +8,14 @@ Conventions every tokenizer here follows, because the text tower relies on them:
 
 from __future__ import annotations
 
-import re
 import zlib
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
+
+from cvlg_jax.data.clip_bpe import ClipBpeTokenizer
+from cvlg_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from cvlg_jax.data.text import pack_ids, split_words
 
 
 class Tokenizer(Protocol):
@@ -21,25 +24,6 @@ class Tokenizer(Protocol):
 
   def __call__(self, texts: Sequence[str]) -> np.ndarray:
     ...
-
-
-def pack_ids(rows: Sequence[Sequence[int]], sot: int, eot: int,
-             context_length: int) -> np.ndarray:
-  """[sot] + ids + [eot], truncated so eot stays last, zero-padded."""
-  out = np.zeros((len(rows), context_length), np.int32)
-  for i, ids in enumerate(rows):
-    ids = [sot, *ids][: context_length - 1] + [eot]
-    out[i, : len(ids)] = ids
-  return out
-
-
-_WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.IGNORECASE)
-
-
-def split_words(text: str) -> list[str]:
-  """Lower-cased words and single punctuation marks, as the builtin tokenizer
-  sees them."""
-  return [w.lower() for w in _WORD_RE.findall(text)]
 
 
 class HashWordTokenizer:
@@ -81,21 +65,24 @@ class HashWordTokenizer:
     return pack_ids(rows, self.SOT, self.EOT, self.context_length)
 
 
+# data.tokenizer -> factory(context_length, vocab_size, path, known_words).
+TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
+    "builtin": lambda context_length, vocab_size, path, known_words:
+        HashWordTokenizer(vocab_size, context_length, known_words),
+    "clip_bpe": lambda context_length, vocab_size, path, known_words:
+        ClipBpeTokenizer(path, context_length=context_length),
+    "sentencepiece": lambda context_length, vocab_size, path, known_words:
+        SentencePieceTokenizer(path, context_length=context_length),
+}
+
+
 def get_tokenizer(name: str, *, context_length: int, vocab_size: int = 4096,
-                  path: str | None = None) -> Tokenizer:
-  """Builds the tokenizer named by ``config.data.tokenizer``."""
-  if name == "builtin":
-    from cvlg_jax.data.synthetic import VOCABULARY
-    return HashWordTokenizer(vocab_size=vocab_size, context_length=context_length,
-                             known_words=VOCABULARY)
-  if name == "clip_bpe":
-    from cvlg_jax.data.clip_bpe import ClipBpeTokenizer
-    return ClipBpeTokenizer(path, context_length=context_length)
-  if name == "sentencepiece":
-    from cvlg_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer
-    return SentencePieceTokenizer(path, context_length=context_length)
-  raise ValueError(f"data.tokenizer={name!r} is unknown; "
-                   f"allowed: {', '.join(TOKENIZER_NAMES)}")
-
-
-TOKENIZER_NAMES = ("builtin", "clip_bpe", "sentencepiece")
+                  path: str | None = None,
+                  known_words: Sequence[str] = ()) -> Tokenizer:
+  """Builds the tokenizer named by ``config.data.tokenizer``. ``vocab_size``
+  and ``known_words`` (words that get collision-free ids) are the builtin
+  tokenizer's; ``path`` the file the others read."""
+  if name not in TOKENIZERS:
+    raise ValueError(f"data.tokenizer={name!r} is unknown; "
+                     f"allowed: {', '.join(TOKENIZERS)}")
+  return TOKENIZERS[name](context_length, vocab_size, path, known_words)
