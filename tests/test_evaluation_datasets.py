@@ -14,8 +14,8 @@ from PIL import Image
 from cvlg_jax.data.tokenizers import HashWordTokenizer
 from cvlg_jax.evaluation import common
 from cvlg_jax.evaluation import datasets
-from cvlg_jax.evaluation.classnames import imagenet
-from cvlg_jax.evaluation.classnames import imagenet_subsets
+from cvlg_jax.data.classnames import imagenet
+from cvlg_jax.data.classnames import imagenet_subsets
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

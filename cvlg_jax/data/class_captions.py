@@ -18,7 +18,7 @@ every template as an alternative caption (``decode.choose_caption`` picks
 one per read): template choice is augmentation, not noise.
 
 Class names and templates are the registered zero-shot ones
-(``evaluation.datasets``), so training captions and evaluation prompts agree;
+(``data.catalog``), so training captions and evaluation prompts agree;
 training reads the set's registered training split, never its test split.
 """
 
@@ -28,7 +28,8 @@ from typing import Any, Sequence, SupportsIndex
 
 import numpy as np
 
-from cvlg_jax.evaluation.zeroshot import Template, fill_template
+from cvlg_jax.data import catalog
+from cvlg_jax.data.prompts import Template, fill_template
 
 _SALT = 0x5eed_c1a5  # keeps these draws apart from other users of the seed
 
@@ -107,17 +108,16 @@ class ClassCaptions:
 
 def check_split(name: str, split: str) -> None:
   """Refuses training splits that overlap the set's zero-shot test split."""
-  from cvlg_jax.evaluation.datasets import CLASSIFICATION_SETS
   if name.startswith("folder:"):
     if split == "test":
       raise ValueError(f"class captions of {name!r}: split 'test' is the "
                        "evaluation split; train on 'train'")
     return
-  if name not in CLASSIFICATION_SETS:
+  if name not in catalog.CLASSIFICATION_SETS:
     raise ValueError(f"class captions: {name!r} is not a registered "
                      "classification set; use folder:/path or one of: "
-                     f"{', '.join(sorted(CLASSIFICATION_SETS))}")
-  spec = CLASSIFICATION_SETS[name]
+                     f"{', '.join(sorted(catalog.CLASSIFICATION_SETS))}")
+  spec = catalog.CLASSIFICATION_SETS[name]
   if spec.train_split is None or spec.wnid_subset is not None:
     raise ValueError(f"class captions: {name!r} is a test-only set; pick one "
                      "with a training split")
@@ -131,9 +131,8 @@ def check_split(name: str, split: str) -> None:
 def open_class_captions(name: str, split: str, data_dir: str | None = None, *,
                         caption_noise: float = 0.0, seed: int = 0) -> ClassCaptions:
   """Class captions of a registered set (or ``folder:/path``) and split."""
-  from cvlg_jax.evaluation import datasets
   check_split(name, split)
-  data = datasets.open_classification(name, split, data_dir or None, train=True)
+  data = catalog.open_classification(name, split, data_dir or None, train=True)
   return ClassCaptions(data.source, data.classnames, data.templates,
                        caption_noise=caption_noise, seed=seed,
                        name=f"{name}/{split}")

@@ -1,4 +1,4 @@
-"""Evaluation data read in place from local files: a folder of class
+"""Labelled image data read in place from local files: a folder of class
 sub-folders (``folder:/path``), and releases with no TFDS builder (FGVC
 Aircraft, ObjectNet, Karpathy-split Flickr30k). Sources are random-access
 sequences of ``(uint8 HWC RGB image, target)`` pairs, like the TFDS ones."""
@@ -11,7 +11,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from cvlg_jax.evaluation.common import DatasetUnavailable
+
+
+class DatasetUnavailable(RuntimeError):
+  """The data set's files are not on this machine; the message says what to
+  download and where to put it."""
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

@@ -16,14 +16,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from cvlg_jax.data.local_sources import DatasetUnavailable  # noqa: F401
 from cvlg_jax.data.tokenizers import Tokenizer
 
 Params = Any
-
-
-class DatasetUnavailable(RuntimeError):
-  """The data set's files are not on this machine; the message says what to
-  download and where to put it."""
 
 
 @dataclasses.dataclass(frozen=True)

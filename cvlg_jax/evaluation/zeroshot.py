@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Sequence
 
 import numpy as np
 
+from cvlg_jax.data.prompts import Template, fill_template  # noqa: F401
 from cvlg_jax.evaluation.common import register
-
-Template = Union[str, Callable[[str], str]]
 
 
 def _l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
   norm = np.linalg.norm(x, axis=axis, keepdims=True)
   return x / np.maximum(norm, 1e-12)
-
-
-def fill_template(template: Template, classname: str) -> str:
-  """Templates are ``"a photo of a {}."`` strings or ``str -> str`` callables."""
-  if callable(template):
-    return template(classname)
-  if "{}" not in template:
-    raise ValueError(f"prompt template {template!r} has no '{{}}' placeholder")
-  return template.replace("{}", classname)
 
 
 def class_text_embeddings(encode_texts, params, tokenizer,

@@ -4,7 +4,7 @@ helps a contrastive model separate e.g. a dish from a restaurant."""
 
 from __future__ import annotations
 
-from cvlg_jax.evaluation.classnames import readable
+from cvlg_jax.data.classnames import readable
 
 FOOD_TEMPLATES = (
     "a photo of {}, a type of food.",

@@ -4,7 +4,7 @@ from TFDS's label names, with a few folder names reworded)."""
 
 from __future__ import annotations
 
-from cvlg_jax.evaluation.classnames import readable
+from cvlg_jax.data.classnames import readable
 
 CIFAR10_CLASSNAMES = (
     "airplane", "automobile", "bird", "cat", "deer",

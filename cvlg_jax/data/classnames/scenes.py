@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvlg_jax.evaluation.classnames import readable
+from cvlg_jax.data.classnames import readable
 
 DTD_TEMPLATES = (
     "a photo of a {} texture.",
