@@ -15,12 +15,14 @@ would. Decoding and augmentation run in Grain worker processes when
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import grain
 import jax
 import numpy as np
 
 from cvlg_jax.data import synthetic
+from cvlg_jax.data.process_share import BatchBlock
 from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
 from cvlg_jax.data.tokenizers import Tokenizer
 
@@ -62,7 +64,12 @@ def train_source(config):
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
-  """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset."""
+  """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset.
+
+  This process reads block ``process_index`` of ``process_count`` (default:
+  its JAX process index and count) of each global batch; the trainer passes
+  the block its devices hold in the mesh (``sharding.process_batch_block``).
+  """
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -71,15 +78,17 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
                      f"divisible by the {process_count} processes")
   ds = grain.MapDataset.source(train_source(config))
   # Same seed on every host, so the shuffled order is global; each process
-  # then reads a disjoint 1/process_count of it.
-  ds = ds.seed(config.train.seed).shuffle().repeat()[process_index::process_count]
+  # then reads its own block of rows of every global batch (process_share).
+  ds = ds.seed(config.train.seed).shuffle().repeat()
+  share = functools.partial(BatchBlock, global_batch=config.train.batch_size,
+                            index=process_index, count=process_count)
   if data.source == "synthetic":  # already decoded; no bad records possible
-    it_ds = ds.map(TokenizeCaption(tokenizer)).to_iter_dataset(
+    it_ds = share(ds.map(TokenizeCaption(tokenizer))).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=data.prefetch_buffer_size))
   else:
     it_ds = decode_and_skip(ds, train=True, image_size=data.image_size,
                             crop_scale=(data.crop_min_scale, 1.0), flip=data.flip,
-                            max_aspect_ratio=data.max_aspect_ratio)
+                            max_aspect_ratio=data.max_aspect_ratio, select=share)
     it_ds = it_ds.map(TokenizeCaption(tokenizer))
   it_ds = it_ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   if data.worker_count > 0:

@@ -87,15 +87,20 @@ class _SkipAndCountIterator(grain.DatasetIterator):
 
 
 def decode_and_skip(ds: grain.MapDataset, *, train: bool, image_size: int,
-                    seed: int | None = None, **image_kwargs) -> grain.IterDataset:
+                    seed: int | None = None, select=None,
+                    **image_kwargs) -> grain.IterDataset:
   """Raw records -> good examples with ``skipped`` counts, as an IterDataset.
 
   Training draws crop/flip/caption choice from Grain's per-element RNG (set
   ``seed`` here or with ``ds.seed(...)`` upstream); eval is deterministic.
+  ``select`` (MapDataset -> MapDataset, e.g. this process's share) applies
+  after the decode map, so each element's randomness keeps its global index.
   """
   fn = functools.partial(decode_example, train=train, image_size=image_size,
                          **image_kwargs)
   ds = ds.random_map(fn, seed=seed) if train else ds.map(functools.partial(fn, rng=None))
+  if select is not None:
+    ds = select(ds)
   return SkipAndCount(ds.to_iter_dataset())
 
 
