@@ -8,49 +8,17 @@ The kills come from the test-only ``train.debug_signal_at_step`` knob, so they
 land at a chosen step. All runs share one XLA compilation cache (same program).
 """
 
-import json
 import os
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from main_runner import make_main_runner
-
-TIMING_KEYS = ("steps_per_sec", "examples_per_sec")
+from main_runner import (assert_bitwise_equal, committed_steps, final_state,
+                         make_main_runner, metric_rows)
 
 
 @pytest.fixture(scope="module")
 def run_main(tmp_path_factory):
   return make_main_runner(tmp_path_factory.mktemp("reliability_resume"))
-
-
-def committed_steps(workdir):
-  names = os.listdir(os.path.join(workdir, "checkpoints"))
-  return sorted(int(n) for n in names if n.isdigit())
-
-
-def metric_rows(workdir):
-  """metrics.jsonl without the wall-clock fields, which no rerun reproduces."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in f]
-
-
-def final_state(workdir, step=20):
-  """The whole train state (params, optimizer state, step, RNG) as numpy."""
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(step), "state"))
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(state)}
-
-
-def assert_bitwise_equal(got, want):
-  assert got.keys() == want.keys()
-  differ = [k for k in want if got[k].dtype != want[k].dtype
-            or got[k].shape != want[k].shape or got[k].tobytes() != want[k].tobytes()]
-  assert not differ, f"{len(differ)}/{len(want)} leaves differ, e.g. {differ[:3]}"
 
 
 @pytest.fixture(scope="module")
