@@ -13,11 +13,14 @@ processes of one job; the config is the same for all of them):
 Neither set: a single-process run, nothing is initialized.
 
 The timeouts are ``config.distributed.*``. ``heartbeat_timeout_s`` bounds how
-long the survivors of a dead process live on: JAX's coordination service
-notices the missing heartbeats, and JAX then ends every other process itself
-(SIGABRT, after logging "Terminating process because the JAX distributed
-service detected fatal errors ... another task died"). A collective with a
-dead peer never returns on its own, so this is what keeps a job from hanging.
+long the survivors of a dead process live on: a collective with a dead peer
+never returns on its own, but JAX's coordination service notices the missing
+heartbeats and JAX then ends every other process itself (SIGABRT, after
+logging "Terminating process because the JAX distributed service detected
+fatal errors ... another task died"). That happens in JAX's C++ threads,
+where Python cannot add its own message; ``launch.multiprocess`` adds one
+line per process. A coordinator that does not answer within
+``initialization_timeout_s`` ends the process the same way.
 """
 
 from __future__ import annotations
@@ -77,12 +80,13 @@ def initialize(dist_config, environ=None) -> bool:
         initialization_timeout=dist_config.initialization_timeout_s,
         heartbeat_timeout_seconds=dist_config.heartbeat_timeout_s,
         shutdown_timeout_seconds=dist_config.shutdown_timeout_s)
-  except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError etc.)
+  except Exception as e:  # pylint: disable=broad-except  (RuntimeError, ValueError)
+    # (A coordinator that never answers is not an exception: JAX ends the
+    # process itself after initialization_timeout_s.)
     where = settings.get("coordinator_address", "the auto-detected coordinator")
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    raise SetupError(f"could not join the job at {where} within "
-                     f"distributed.initialization_timeout_s="
-                     f"{dist_config.initialization_timeout_s}: {first}") from None
+    raise SetupError(f"jax.distributed.initialize for the job at {where} "
+                     f"failed: {first}") from None
   logging.info("Process %d of %d joined the job at %s (heartbeat timeout %d s: "
                "if a process dies, JAX ends the others within about that long; "
                "rerun all of them to resume from the last committed checkpoint).",

@@ -132,12 +132,14 @@ def describe(p: _Process, first_failure: _Process | None,
 
 def launch(main_args: list[str], *, num_processes: int, cpu_devices: int = 0,
            gpus: int = 0, port: int = 0, log_dir: str = "",
-           peer_exit_timeout_s: float = 600.0, out=sys.stderr) -> int:
-  """Runs the job to its end; returns the launcher's exit code."""
+           peer_exit_timeout_s: float = 600.0, out=sys.stderr,
+           command: list[str] | None = None) -> int:
+  """Runs the job to its end; returns the launcher's exit code. ``command``
+  replaces ``python -m cvlg_jax.main`` (tests)."""
   port = port or free_port()
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)
-  cmd = [sys.executable, "-m", "cvlg_jax.main", *main_args]
+  cmd = [*(command or [sys.executable, "-m", "cvlg_jax.main"]), *main_args]
   procs = [_Process(i, cmd, process_env(i, num_processes, port, cpu_devices=cpu_devices,
                                         gpus=gpus), log_dir)
            for i in range(num_processes)]
