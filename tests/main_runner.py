@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("steps_per_sec", "examples_per_sec")
@@ -62,6 +63,7 @@ class Job:
   returncode: int
   stderr: str
   logs: list[str]
+  seconds: float   # wall time, printed by the tests for the record
 
 
 def make_multiprocess_runner(root, config_arg=None):
@@ -83,6 +85,7 @@ def make_multiprocess_runner(root, config_arg=None):
            f"--cpu_devices_per_process={8 // num_processes}",
            f"--process_logs={logs}", "--", config_flag, f"--workdir={workdir}",
            *flags]
+    start = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -99,7 +102,8 @@ def make_multiprocess_runner(root, config_arg=None):
       except ProcessLookupError:
         pass
     return Job(proc.returncode, stderr, [_read(os.path.join(
-        logs, f"process_{i}.log")) for i in range(num_processes)])
+        logs, f"process_{i}.log")) for i in range(num_processes)],
+               time.time() - start)
   return run
 
 

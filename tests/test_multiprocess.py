@@ -62,7 +62,9 @@ def test_two_processes_train_exactly_like_one(run_job, two_process_run,
   for i, log in enumerate(job.logs):
     assert f"Process {i} of 2 joined the job" in log
   one = tmp_path_factory.mktemp("one") / "run"
-  _ok(run_job(one, *FLAGS, num_processes=1))
+  reference = run_job(one, *FLAGS, num_processes=1)
+  _ok(reference)
+  print(f"2 x 4 devices: {job.seconds:.0f} s; 1 x 8: {reference.seconds:.0f} s")
 
   assert_bitwise_equal(final_state(two, STEPS), final_state(one, STEPS))
   rows = metric_rows(two)
@@ -139,6 +141,10 @@ def test_sigterm_to_one_process_then_sigkill_to_one_then_resume(
   assert "rerun the same command to resume" in second.stderr
   committed = committed_steps(workdir)
   assert committed[-1] in range(stop, kill_at), committed
+  print(f"SIGTERM to process 1 in step 3: both stopped after step {stop} "
+        f"({first.seconds:.0f} s); SIGKILL to process 1 in step {kill_at}: "
+        f"process 0 ended {survivor.group(1)} s later ({second.seconds:.0f} s), "
+        f"last committed step {committed[-1]}")
 
   third = run_job(workdir, *FLAGS)
   _ok(third)
@@ -146,3 +152,4 @@ def test_sigterm_to_one_process_then_sigkill_to_one_then_resume(
     assert f"Resumed from checkpoint at step {committed[-1]}." in log
   assert metric_rows(workdir) == metric_rows(reference)
   assert_bitwise_equal(final_state(workdir, STEPS), final_state(reference, STEPS))
+  print(f"resumed from step {committed[-1]} to the end: {third.seconds:.0f} s")
