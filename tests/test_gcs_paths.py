@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+from etils import epath
 
 from cvlg_jax import evaluate, fileio, metrics_log, plot, sharding, train
 from cvlg_jax.config import base_config
@@ -42,13 +43,7 @@ def test_fileio_on_an_object_store(gcs):
   fileio.rename(f"{RUN}/sub", f"{RUN}/moved")
   assert fileio.listdir(f"{RUN}/moved") == ["f.bin"] and not fileio.exists(f"{RUN}/sub")
   with pytest.raises(OSError, match="cannot append"):  # the fake is strict
-    with open_for_append(f"{RUN}/a.txt"):
-      pass
-
-
-def open_for_append(path):
-  from etils import epath
-  return epath.Path(path).open("a")
+    epath.Path(f"{RUN}/a.txt").open("a")
 
 
 def test_metrics_log_and_run_record_on_an_object_store(gcs):
@@ -64,8 +59,8 @@ def test_metrics_log_and_run_record_on_an_object_store(gcs):
   assert json.loads(fileio.read_text(f"{RUN}/run_info.json"))["process_count"] == 1
 
 
-def _checkpoint(step, name=None):
-  fileio.write_file(f"{RUN}/checkpoints/{name or step}/state/_METADATA", "{}")
+def _checkpoint(step, name=None, workdir=RUN):
+  fileio.write_file(f"{workdir}/checkpoints/{name or step}/state/_METADATA", "{}")
 
 
 def test_evaluate_finds_the_newest_committed_checkpoint_and_writes_its_report(gcs):
@@ -94,7 +89,7 @@ def test_sweep_root_on_an_object_store(gcs, tmp_path):
     log = metrics_log.MetricsLog(run.workdir)
     for step in range(5, last + 1, 5):
       log.write(step, {"loss": 1.0 / step})
-    _checkpoint_at(run.workdir, last)
+    _checkpoint(last, workdir=run.workdir)
   assert [local.is_finished(r) for r in runs] == [True, False]
   csv_path, md_path, _ = report.write(root, runs)
   assert (csv_path, md_path) == (f"{root}/report.csv", f"{root}/report.md")
@@ -122,10 +117,6 @@ def test_sweep_root_on_an_object_store(gcs, tmp_path):
   assert "robustness/x/accuracy_vs_noise.png" in doc.read_text()
   assert (tmp_path / "docs" / "robustness" / "x" / "accuracy_vs_noise.png").read_bytes() \
       == b"\x89PNG"
-
-
-def _checkpoint_at(workdir, step):
-  fileio.write_file(f"{workdir}/checkpoints/{step}/state/_METADATA", "{}")
 
 
 def test_effective_robustness_report_on_an_object_store(gcs):

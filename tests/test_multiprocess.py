@@ -17,7 +17,6 @@ compilation cache.
 """
 
 import json
-import os
 import re
 
 import pytest
