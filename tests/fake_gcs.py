@@ -1,7 +1,8 @@
 """An in-memory object store behind every ``gs://`` path, for tests.
 
 Installed through etils' own test hook (``epath.testing.mock_epath``, with
-``EPATH_USE_TF=false`` so epath routes ``gs://`` to its backend table), it
+epath's "use TensorFlow's gfile" switch off, so it routes ``gs://`` to its
+backend table), it
 gives ``epath.Path("gs://...")`` GCS's semantics without a network: flat
 objects, a "folder" exists while an object is under it (or a marker made by
 mkdir, as gfile makes), listing, rename as copy + delete, and no appends.
@@ -17,7 +18,7 @@ import io
 import os
 
 from etils import epath
-from etils.epath import stat_utils
+from etils.epath import gpath, stat_utils
 
 PREFIX = "gs://"
 
@@ -138,8 +139,10 @@ class FakeGcs:
 
   # -- installation ---------------------------------------------------------
   @contextlib.contextmanager
-  def installed(self):
+  def installed(self, monkeypatch):
     """Every epath call on a ``gs://`` path lands here; others run as usual."""
+    # EPATH_USE_TF=false is read once and cached, so set the answer itself.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
     def route(method):
       def call(original, path, *args, **kwargs):
         if os.fspath(path).startswith(PREFIX):

@@ -78,7 +78,7 @@ def make_multiprocess_runner(root, config_arg=None):
   config_flag = f"--config={config}" + (f":{config_arg}" if config_arg else "")
   env = _cache_env(root)
 
-  def run(workdir, *flags, num_processes=2, timeout=300) -> Job:
+  def run(workdir, *flags, num_processes=2, timeout=600) -> Job:
     logs = f"{workdir}.logs"
     cmd = [sys.executable, "-m", "launch.multiprocess",
            f"--num_processes={num_processes}",

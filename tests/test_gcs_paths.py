@@ -22,9 +22,8 @@ RUN = "gs://bucket/runs/r"
 def gcs(tmp_path, monkeypatch):
   """The fake store; the test runs in an empty folder, so anything written
   to a literal local ``gs:`` path instead is caught."""
-  monkeypatch.setenv("EPATH_USE_TF", "false")
   monkeypatch.chdir(tmp_path)
-  with FakeGcs().installed() as store:
+  with FakeGcs().installed(monkeypatch) as store:
     yield store
   assert not os.path.exists(tmp_path / "gs:"), "wrote to a local 'gs:' folder"
 
