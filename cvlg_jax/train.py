@@ -218,6 +218,17 @@ def _check_skip_support(train_step, state, config):
         "state unchanged on such steps; this one does not (use 0)")
 
 
+def _by_process(counts) -> np.ndarray:
+  """[processes, reasons]: every process's running skip counts (each reads
+  its own share), gathered at a step every process logs or saves."""
+  counts = np.asarray(counts, np.int64)
+  if jax.process_count() == 1:
+    return counts[None]
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(counts)).reshape(
+      jax.process_count(), -1)
+
+
 def _poison(batch):
   return dict(batch, tokens=np.full_like(batch["tokens"], _POISON_TOKEN))
 
@@ -278,7 +289,11 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
   tc = config.train
   total, batch_size = tc.steps, tc.batch_size
   guard = _NonFiniteGuard(tc.skip_nonfinite_steps, meta.get("skipped_nonfinite", 0))
-  data_skipped = meta.get("data_skipped")  # running per-reason sums (real data)
+  data_skipped = meta.get("data_skipped")  # this process's running sums (real data)
+  if data_skipped is not None:
+    from cvlg_jax.data.skipping import own_skip_counts
+    data_skipped = own_skip_counts(data_skipped, jax.process_index(),
+                                   jax.process_count()).tolist()
   debug_signal = getattr(signal, tc.debug_signal)
   last, pending, t0, t_step = {}, None, time.time(), start
   if start >= total:
@@ -322,7 +337,7 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
         row["skipped_nonfinite"] = guard.skipped
       if data_skipped is not None:
         from cvlg_jax.data.skipping import skip_metrics
-        row.update(skip_metrics(np.asarray(data_skipped)))
+        row.update(skip_metrics(_by_process(data_skipped)))  # summed over all
       logging.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
                    step, total, row["loss"], rate, rate * batch_size,
                    time.strftime("%H:%M:%S", time.gmtime((total - step) / max(rate, 1e-9))))
@@ -341,7 +356,8 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
       preempted = save_now = True
     if save_now:
       ckpt.save(step, state, data_iter, force=True,
-                meta=dict(skipped_nonfinite=guard.skipped, data_skipped=data_skipped))
+                meta=dict(skipped_nonfinite=guard.skipped, data_skipped=None if
+                          data_skipped is None else _by_process(data_skipped).tolist()))
     if preempted:
       ckpt.wait()
       reason = stop.signal or "a preemption notice"

@@ -99,3 +99,17 @@ def test_decoded_share_keeps_each_example_crop_of_the_single_process_run():
 def test_single_process_reads_the_whole_batch():
   mesh = sharding.make_mesh(base_config().mesh)
   assert sharding.process_batch_block(mesh) == (0, 1)
+
+
+def test_each_process_resumes_its_own_skip_counts():
+  from cvlg_jax.data.decode import SKIP_REASONS
+  from cvlg_jax.data.skipping import own_skip_counts
+  width = len(SKIP_REASONS)
+  rows = np.arange(2 * width).reshape(2, width)  # two processes' running sums
+  for i in range(2):
+    np.testing.assert_array_equal(own_skip_counts(rows.tolist(), i, 2), rows[i])
+  # An older single-process checkpoint held one flat row.
+  np.testing.assert_array_equal(own_skip_counts(rows[1].tolist(), 0, 1), rows[1])
+  # Resumed on another number of processes: the total survives, once.
+  resumed = [own_skip_counts(rows.tolist(), i, 4) for i in range(4)]
+  np.testing.assert_array_equal(sum(resumed), rows.sum(0))

@@ -104,6 +104,16 @@ def decode_and_skip(ds: grain.MapDataset, *, train: bool, image_size: int,
   return SkipAndCount(ds.to_iter_dataset())
 
 
+def own_skip_counts(saved, process_index: int, process_count: int) -> np.ndarray:
+  """This process's running skip counts from a checkpoint's per-process rows
+  ([processes, reasons]; a single 1-D row from older checkpoints). Resumed on
+  a different number of processes, process 0 carries the whole total."""
+  rows = np.asarray(saved, np.int64).reshape(-1, len(SKIP_REASONS))
+  if len(rows) == process_count:
+    return rows[process_index]
+  return rows.sum(0) if process_index == 0 else np.zeros_like(rows[0])
+
+
 def skip_metrics(skipped: np.ndarray, prefix: str = "data/skipped_") -> dict[str, int]:
   """``skipped`` [..., R] (a batch's, or a running sum) -> {prefix+reason: n}."""
   skipped = np.asarray(skipped)
