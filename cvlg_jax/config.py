@@ -106,8 +106,14 @@ def base_config() -> ml_collections.ConfigDict:
       # TEST-ONLY fault injection (0 = off); never set these in a real config.
       debug_signal_at_step=0,    # send debug_signal to itself during this step
       debug_signal="SIGTERM",    # SIGTERM | SIGINT | SIGKILL
+      debug_signal_process=-1,   # only this process signals itself (-1 = all)
       debug_poison_step=0,       # this step's batch makes the loss NaN
   )
+
+  # Multi-process runs (cvlg_jax/distributed.py); JAX's defaults. A process
+  # whose peer died is ended by JAX about heartbeat_timeout_s later.
+  c.distributed = dict(initialization_timeout_s=300, heartbeat_timeout_s=100,
+                       shutdown_timeout_s=300)
 
   # name -> evaluator entry; each has at least `type` (see evaluation.common).
   c.eval = ml_collections.ConfigDict()
@@ -272,6 +278,11 @@ def validate(config, num_devices: int | None = None) -> None:
     if train[key] < 0:
       raise ConfigError(f"config.train.{key}={train[key]} must be >= 0 (0 = off)")
   _choice(train.debug_signal, DEBUG_SIGNALS, "train.debug_signal")
+  if train.debug_signal_process < -1:
+    raise ConfigError(f"config.train.debug_signal_process="
+                      f"{train.debug_signal_process} must be >= -1 (-1 = all)")
+  _positive(config, "distributed.initialization_timeout_s",
+            "distributed.heartbeat_timeout_s", "distributed.shutdown_timeout_s")
 
   if num_devices is not None:
     try:

@@ -3,6 +3,11 @@
 Workdirs on TPU VMs live on GCS; ``etils.epath`` (tf.io.gfile underneath)
 reads and writes them, but object stores cannot append, so :func:`append_text`
 rewrites the object there. Local files keep cheap appends.
+
+Every listing, existence check, read and write under a workdir or sweep root
+goes through this module (``os.listdir``, ``open`` and friends see nothing
+under ``gs://``); tests run the same calls on an in-memory object store
+(tests/fake_gcs.py).
 """
 
 from __future__ import annotations
@@ -28,12 +33,23 @@ def isdir(path: str) -> bool:
   return bool(path) and epath.Path(path).is_dir()
 
 
+def listdir(path: str) -> list[str]:
+  """Sorted entry names in the folder ``path``; [] if there is none. (GCS
+  lists sub-folders as ``name/``; the names come back without the slash.)"""
+  p = epath.Path(path)
+  return sorted(q.name for q in p.iterdir()) if p.is_dir() else []
+
+
 def makedirs(path: str) -> None:
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def read_text(path: str) -> str:
   return epath.Path(path).read_text()
+
+
+def read_bytes(path: str) -> bytes:
+  return epath.Path(path).read_bytes()
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -6,7 +6,9 @@
 Exit codes: 0 finished or stopped cleanly by SIGTERM/SIGINT (checkpoint
 committed; rerun the same command to resume), 2 invalid config (before
 anything compiles), 3 non-finite loss/gradients (not saved), 4 checkpoints
-exist but none can be restored.
+exist but none can be restored, 5 a multi-process job could not be joined
+(``cvlg_jax.distributed``: CVLG_COORDINATOR, CVLG_NUM_PROCESSES,
+CVLG_PROCESS_ID or CVLG_DISTRIBUTED=1).
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ def main(argv):
   except Exception:  # pylint: disable=broad-except
     pass
   import jax
-  from cvlg_jax import checkpointing, config as config_lib, train
-  if os.environ.get("CVLG_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  from cvlg_jax import checkpointing, config as config_lib, distributed, train
   try:
+    config_lib.validate(_CONFIG.value)  # before joining a multi-process job
+    distributed.initialize(_CONFIG.value.distributed)
     config_lib.validate(_CONFIG.value, num_devices=jax.device_count())
     train.run(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
     _fail(2, f"Invalid config: {e}")
+  except distributed.SetupError as e:
+    _fail(5, f"Multi-process setup failed: {e}")
   except train.NonFiniteError as e:
     _fail(3, f"Training stopped: {e}")
   except checkpointing.NoReadableCheckpointError as e:

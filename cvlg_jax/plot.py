@@ -11,10 +11,13 @@ also what the sweep report uses; they accept local paths and ``gs://`` URLs.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
+
+from cvlg_jax import fileio
 
 PANELS = (("loss", "training loss"),
           ("zeroshot", "zero-shot top-1"),
@@ -22,20 +25,14 @@ PANELS = (("loss", "training loss"),
           ("positive_mass", "target mass on the positive"))
 
 
-def _path(workdir: str, *parts: str):
-  if "://" in workdir:
-    from etils import epath
-    return epath.Path(workdir).joinpath(*parts)
-  return os.path.join(workdir, *parts)
+def _path(workdir: str, *parts: str) -> str:
+  return "/".join([workdir.rstrip("/"), *parts])
 
 
-def _read_text(path) -> str | None:
+def _read_text(path: str) -> str | None:
   try:
-    if isinstance(path, str):
-      with open(path) as f:
-        return f.read()
-    return path.read_text() if path.exists() else None
-  except FileNotFoundError:
+    return fileio.read_text(path) if fileio.exists(path) else None
+  except FileNotFoundError:  # deleted in between
     return None
 
 
@@ -74,12 +71,7 @@ def read_eval(workdir: str) -> tuple[int | None, dict]:
   {metric: value}}, "skipped": {...}}``; results come back flattened as
   ``name/metric``. Other layouts are flattened whole.
   """
-  directory = _path(workdir, "eval")
-  try:
-    names = (os.listdir(directory) if isinstance(directory, str)
-             else [p.name for p in directory.iterdir()])
-  except (FileNotFoundError, NotADirectoryError):
-    return None, {}
+  names = fileio.listdir(_path(workdir, "eval"))
   steps = sorted(int(m.group(1)) for m in
                  (re.fullmatch(r"(\d+)\.json", n) for n in names) if m)
   if not steps:
@@ -175,9 +167,9 @@ def main(argv):
       print(f"warning: {workdir} has no metrics yet; skipped")
   fig = draw(workdirs)
   out = flags.FLAGS.out
-  if os.path.dirname(out):
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-  fig.savefig(out, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=120, format=os.path.splitext(out)[1][1:] or "png")
+  fileio.write_file(out, buf.getvalue())
   print(f"wrote {out}")
 
 

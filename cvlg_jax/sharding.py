@@ -130,6 +130,25 @@ def state_shardings(mesh: Mesh, abstract_state):
   return jax.tree_util.tree_map_with_path(spec, abstract_state)
 
 
+def process_batch_block(mesh: Mesh) -> tuple[int, int]:
+  """(index, count): this process's devices hold block ``index`` of ``count``
+  equal blocks of rows of every global batch, which is what it must read
+  (``data.process_share``). Its position in the mesh, not necessarily its
+  process index."""
+  rows = mesh.size  # one row per device is enough to see the layout
+  owned = sorted({(s[0].start or 0, rows if s[0].stop is None else s[0].stop)
+                  for s in batch_sharding(mesh).addressable_devices_indices_map(
+                      (rows,)).values()})
+  lo, hi = owned[0][0], owned[-1][1]
+  covered = sum(stop - start for start, stop in owned)
+  count = jax.process_count()
+  if covered != hi - lo or (hi - lo) * count != rows:
+    raise ValueError(f"process {jax.process_index()} holds batch rows {owned} "
+                     f"of {rows}: not one contiguous block of 1/{count} (order "
+                     "the mesh devices by process)")
+  return lo // (hi - lo), count
+
+
 def shard_batch(batch, mesh: Mesh):
   """Places a host-local numpy batch on the mesh, rows over every device.
 

@@ -56,10 +56,13 @@ def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
   """
   rows, devices = sharding.batch_sharding(mesh), mesh.size
   chunk = max(devices, batch_size // devices * devices)
+  # Outputs replicated: with several processes every host reads them whole.
   enc_img = jax.jit(lambda v, x: model.apply(v, images=x)[0],
-                    in_shardings=(variable_shardings, rows))
+                    in_shardings=(variable_shardings, rows),
+                    out_shardings=sharding.replicated(mesh))
   enc_txt = jax.jit(lambda v, t: model.apply(v, tokens=t)[1],
-                    in_shardings=(variable_shardings, rows))
+                    in_shardings=(variable_shardings, rows),
+                    out_shardings=sharding.replicated(mesh))
 
   def batched(fn, params, x):
     out = []
@@ -129,26 +132,35 @@ class _StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks after each step.
 
   A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt: the user insists.
-  Not installed with several processes, where JAX's preemption notifier owns
-  SIGTERM and the loop polls its sync point instead (``reached_preemption``),
-  and not off the main thread, where Python cannot install handlers.
+  With several processes JAX's preemption notifier owns SIGTERM and the loop
+  polls its sync point instead (``reached_preemption``), so only SIGINT is
+  caught, and passed on to this process as SIGTERM: the notifier then stops
+  every process at one step. Not installed off the main thread, where Python
+  cannot install handlers.
   """
 
-  def __init__(self, enabled: bool = True):
+  def __init__(self, multi_process: bool = False):
     self.signal = None
-    self._enabled = enabled and threading.current_thread() is threading.main_thread()
-    self._previous = {}
+    self._multi = multi_process
+    self._enabled = threading.current_thread() is threading.main_thread()
+    self._previous, self._interrupted = {}, False
 
   def __enter__(self):
     if self._enabled:
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+      for sig in sigs:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    if self.signal and signum == signal.SIGINT:
+    if signum == signal.SIGINT and (self.signal or self._interrupted):
       raise KeyboardInterrupt
+    if self._multi:  # JAX's notifier picks one stop step for all processes
+      self._interrupted = True
+      logging.warning("Received SIGINT: asking every process to stop at one step.")
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
     self.signal = self.signal or signal.Signals(signum).name
     logging.warning("Received %s: stopping after the current step.",
                     signal.Signals(signum).name)
@@ -211,6 +223,17 @@ def _check_skip_support(train_step, state, config):
         "state unchanged on such steps; this one does not (use 0)")
 
 
+def _by_process(counts) -> np.ndarray:
+  """[processes, reasons]: every process's running skip counts (each reads
+  its own share), gathered at a step every process logs or saves."""
+  counts = np.asarray(counts, np.int64)
+  if jax.process_count() == 1:
+    return counts[None]
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(counts)).reshape(
+      jax.process_count(), -1)
+
+
 def _poison(batch):
   return dict(batch, tokens=np.full_like(batch["tokens"], _POISON_TOKEN))
 
@@ -221,14 +244,16 @@ def run(config, workdir: str) -> dict:
   config_lib.validate(config, num_devices=jax.device_count())
   fileio.makedirs(workdir)
   multi = jax.process_count() > 1
-  with _StopRequest(enabled=not multi) as stop:
+  with _StopRequest(multi_process=multi) as stop:
     mesh = sharding.make_mesh(config.mesh)
     tokenizer, model, tx, schedule = build(config)
     state, state_shardings = init_state(config, model, tx, mesh)
     train_step = make_train_step(config, model, tx, schedule, mesh, state_shardings)
     if config.train.skip_nonfinite_steps:
       _check_skip_support(train_step, state, config)
-    data_iter = iter(pipeline.train_dataset(config, tokenizer))
+    block, blocks = sharding.process_batch_block(mesh)
+    data_iter = iter(pipeline.train_dataset(config, tokenizer, process_index=block,
+                                            process_count=blocks))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       keep=config.train.keep_checkpoints)
     try:
@@ -274,7 +299,11 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
   tc = config.train
   total, batch_size = tc.steps, tc.batch_size
   guard = _NonFiniteGuard(tc.skip_nonfinite_steps, meta.get("skipped_nonfinite", 0))
-  data_skipped = meta.get("data_skipped")  # running per-reason sums (real data)
+  data_skipped = meta.get("data_skipped")  # this process's running sums (real data)
+  if data_skipped is not None:
+    from cvlg_jax.data.skipping import own_skip_counts
+    data_skipped = own_skip_counts(data_skipped, jax.process_index(),
+                                   jax.process_count()).tolist()
   debug_signal = getattr(signal, tc.debug_signal)
   last, pending, t0, t_step = {}, None, time.time(), start
   if start >= total:
@@ -289,8 +318,11 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
     if step == tc.debug_poison_step:
       batch = _poison(batch)
     state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-    if step == tc.debug_signal_at_step:
-      os.kill(os.getpid(), debug_signal)  # test-only: "arrives mid-step"
+    if step == tc.debug_signal_at_step and tc.debug_signal_process in (
+        -1, jax.process_index()):  # test-only: "arrives mid-step"
+      logging.warning("train.debug_signal_at_step: %s to process %d during "
+                      "step %d.", tc.debug_signal, jax.process_index(), step)
+      os.kill(os.getpid(), debug_signal)
     if pending is not None:
       guard.check(*pending)  # the previous step, long finished on device
     pending = (step, metrics)
@@ -315,7 +347,7 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
         row["skipped_nonfinite"] = guard.skipped
       if data_skipped is not None:
         from cvlg_jax.data.skipping import skip_metrics
-        row.update(skip_metrics(np.asarray(data_skipped)))
+        row.update(skip_metrics(_by_process(data_skipped)))  # summed over all
       logging.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
                    step, total, row["loss"], rate, rate * batch_size,
                    time.strftime("%H:%M:%S", time.gmtime((total - step) / max(rate, 1e-9))))
@@ -334,7 +366,8 @@ def _loop(config, workdir, mesh, model, tokenizer, state, state_shardings,
       preempted = save_now = True
     if save_now:
       ckpt.save(step, state, data_iter, force=True,
-                meta=dict(skipped_nonfinite=guard.skipped, data_skipped=data_skipped))
+                meta=dict(skipped_nonfinite=guard.skipped, data_skipped=None if
+                          data_skipped is None else _by_process(data_skipped).tolist()))
     if preempted:
       ckpt.wait()
       reason = stop.signal or "a preemption notice"

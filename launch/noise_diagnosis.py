@@ -25,10 +25,11 @@ writes ``ROOT/noise_diagnosis.md`` (and splices it into the doc's section).
 
 from __future__ import annotations
 
-import os
 import statistics
 
 import numpy as np
+
+from cvlg_jax import fileio
 
 KINDS = ("clean", "swap", "partial", "corrupt")
 
@@ -129,7 +130,7 @@ def diagnose(sweep_path: str, root: str, noise: float, *,
   returns (markdown, path written)."""
   from launch import report, robustness_report, spec
   sweep = spec.load_sweep(sweep_path)
-  root = os.path.abspath(root or spec.default_root(sweep_path))
+  root = fileio.absolute(root or spec.default_root(sweep_path))
   results = report.collect(spec.expand(sweep, root))
   per_loss, batch_size = {}, None
   for (loss, n, extra), runs in sorted(robustness_report.groups(results).items()):
@@ -144,9 +145,8 @@ def diagnose(sweep_path: str, root: str, noise: float, *,
     raise FileNotFoundError(f"no finished main-grid run at caption noise "
                             f"{noise:g} under {root}")
   text = render(per_loss, noise, batch_size)
-  path = os.path.join(root, "noise_diagnosis.md")
-  with open(path, "w") as f:
-    f.write(text)
+  path = spec.join(root, "noise_diagnosis.md")
+  fileio.write_file(path, text)
   return text, path
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import statistics
 
 from cvlg_jax import fileio, plot
@@ -314,18 +313,16 @@ def publish(root: str, doc: str, section: str, *, report: str = "robustness.md",
             figures=FIGURES) -> str:
   """Splices ``root/<report>`` into ``doc`` between the section's markers and
   copies the figures to ``<doc dir>/robustness/<section>/``."""
-  src = os.path.join(root, report)
-  if not os.path.isfile(src):
+  src = spec.join(root, report)
+  if not fileio.exists(src):
     raise FileNotFoundError(f"{src} does not exist; run the sweep's --report "
                             "first")
-  with open(src) as f:
-    body = f.read()
+  body = fileio.read_text(src)
   rel = f"robustness/{section}"
-  os.makedirs(os.path.join(os.path.dirname(doc), rel), exist_ok=True)
-  for name in figures:
-    if os.path.isfile(os.path.join(root, name)):
-      shutil.copyfile(os.path.join(root, name),
-                      os.path.join(os.path.dirname(doc), rel, name))
+  for name in figures:  # the sweep root may be on GCS; the doc is local
+    if fileio.exists(spec.join(root, name)):
+      fileio.write_file(os.path.join(os.path.dirname(doc), rel, name),
+                        fileio.read_bytes(spec.join(root, name)))
       body = body.replace(f"]({name})", f"]({rel}/{name})")
   splice(doc, section, body)
   return doc

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -66,3 +67,37 @@ def test_paper_suite_without_data_skips_every_entry_with_a_reason(tmp_path):
   assert evaluators == {}
   assert set(skipped) == set(suite.keys()) and len(skipped) == 35
   assert all(reason for reason in skipped.values())
+
+
+def test_evaluate_defaults_to_the_runs_own_config(trained):
+  _, workdir = trained
+  report = evaluate.evaluate(None, workdir)  # reads WORKDIR/config.json
+  logged = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][-1]
+  assert report["results"]["synthetic"] and report["skipped"] == {}
+  for key, value in report["results"]["synthetic"].items():
+    assert value == pytest.approx(logged[f"synthetic/{key}"], abs=1e-6), key
+
+
+def test_checkpoint_that_does_not_fit_the_config_names_the_differing_keys(trained):
+  config, workdir = trained
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.model.name = "demo"
+  other.eval.more = dict(type="synthetic", num_zeroshot=10, num_retrieval=10)
+  with pytest.raises(evaluate.ConfigMismatchError) as e:
+    evaluate.evaluate(other, workdir)
+  message = str(e.value)
+  assert "\n" not in message
+  assert ("differs from the run's config.json in model.name ('tiny' in "
+          "config.json, 'demo' here)") in message
+  assert "eval." not in message  # evaluators may differ freely
+  assert "omit --config to use the run's own config" in message
+
+
+def test_cli_without_config_evaluates_with_the_runs_config(trained):
+  _, workdir = trained
+  out = subprocess.run([sys.executable, "-m", "cvlg_jax.evaluate",
+                        f"--workdir={workdir}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "eval of step 10" in out.stdout and "| synthetic | zeroshot_top1 |" in out.stdout

@@ -12,18 +12,13 @@ import os
 
 import pytest
 
-from main_runner import (assert_bitwise_equal, final_state, make_main_runner,
-                         metric_rows)
+from main_runner import (assert_bitwise_equal, committed_steps, final_state,
+                         make_main_runner, metric_rows)
 
 
 @pytest.fixture(scope="module")
 def run_main(tmp_path_factory):
   return make_main_runner(tmp_path_factory.mktemp("reliability_resume"))
-
-
-def committed_steps(workdir):
-  names = os.listdir(os.path.join(workdir, "checkpoints"))
-  return sorted(int(n) for n in names if n.isdigit())
 
 
 @pytest.fixture(scope="module")

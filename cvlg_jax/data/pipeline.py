@@ -19,6 +19,7 @@ would. Decoding and augmentation run in Grain worker processes when
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import grain
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 
 from cvlg_jax.data import synthetic
+from cvlg_jax.data.process_share import BatchBlock
 from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
 from cvlg_jax.data.tokenizers import Tokenizer, get_tokenizer
 
@@ -152,7 +154,12 @@ class _Subset:
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
-  """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset."""
+  """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset.
+
+  This process reads block ``process_index`` of ``process_count`` (default:
+  its JAX process index and count) of each global batch; the trainer passes
+  the block its devices hold in the mesh (``sharding.process_batch_block``).
+  """
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -164,10 +171,12 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
              else _Subset(split.source, split.trained))
   ds = grain.MapDataset.source(trained).map_with_index(WithExampleId(len(trained)))
   # Same seed on every host, so the shuffled order is global; each process
-  # then reads a disjoint 1/process_count of it.
-  ds = ds.seed(config.train.seed).shuffle().repeat()[process_index::process_count]
+  # then reads its own block of rows of every global batch (process_share).
+  ds = ds.seed(config.train.seed).shuffle().repeat()
+  share = functools.partial(BatchBlock, global_batch=config.train.batch_size,
+                            index=process_index, count=process_count)
   if data.source == "synthetic":  # already decoded; no bad records possible
-    it_ds = ds.map(TokenizeCaption(tokenizer)).to_iter_dataset(
+    it_ds = share(ds.map(TokenizeCaption(tokenizer))).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=data.prefetch_buffer_size))
   else:
     read = grain.ReadOptions(
@@ -176,7 +185,7 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
     it_ds = decode_and_skip(ds, train=True, image_size=data.image_size,
                             crop_scale=(data.crop_min_scale, 1.0), flip=data.flip,
                             max_aspect_ratio=data.max_aspect_ratio,
-                            fast=data.fast_decode, read_options=read)
+                            fast=data.fast_decode, read_options=read, select=share)
     it_ds = it_ds.map(TokenizeCaption(tokenizer))
   it_ds = it_ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   if data.worker_count > 0:

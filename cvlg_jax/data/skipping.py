@@ -87,20 +87,34 @@ class _SkipAndCountIterator(grain.DatasetIterator):
 
 
 def decode_and_skip(ds: grain.MapDataset, *, train: bool, image_size: int,
-                    seed: int | None = None,
+                    seed: int | None = None, select=None,
                     read_options: grain.ReadOptions | None = None,
                     **image_kwargs) -> grain.IterDataset:
   """Raw records -> good examples with ``skipped`` counts, as an IterDataset.
 
   Training draws crop/flip/caption choice from Grain's per-element RNG (set
   ``seed`` here or with ``ds.seed(...)`` upstream); eval is deterministic.
+  ``select`` (MapDataset -> MapDataset, e.g. this process's share) applies
+  after the decode map, so each element's randomness keeps its global index.
   ``read_options``: threads and buffer of the read + decode (Grain's default
   when None).
   """
   fn = functools.partial(decode_example, train=train, image_size=image_size,
                          **image_kwargs)
   ds = ds.random_map(fn, seed=seed) if train else ds.map(functools.partial(fn, rng=None))
+  if select is not None:
+    ds = select(ds)
   return SkipAndCount(ds.to_iter_dataset(read_options))
+
+
+def own_skip_counts(saved, process_index: int, process_count: int) -> np.ndarray:
+  """This process's running skip counts from a checkpoint's per-process rows
+  ([processes, reasons]; a single 1-D row from older checkpoints). Resumed on
+  a different number of processes, process 0 carries the whole total."""
+  rows = np.asarray(saved, np.int64).reshape(-1, len(SKIP_REASONS))
+  if len(rows) == process_count:
+    return rows[process_index]
+  return rows.sum(0) if process_index == 0 else np.zeros_like(rows[0])
 
 
 def skip_metrics(skipped: np.ndarray, prefix: str = "data/skipped_") -> dict[str, int]:

@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 from typing import Sequence
 
 import numpy as np
+
+from cvlg_jax import fileio
 
 DEFAULT_BASELINES = os.path.join(os.path.dirname(__file__), "baselines",
                                  "imagenet_shift_baselines.csv")
@@ -151,7 +154,9 @@ def plot(baselines: Sequence[Point], models: Sequence[Point], trend: Trend,
   ax.grid(True, which="major", alpha=0.3)
   ax.legend(fontsize=7, loc="upper left")
   fig.tight_layout()
-  fig.savefig(path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  fileio.write_file(path, buf.getvalue())
 
 
 def _point(name, in_dist, shift, source) -> Point:
@@ -170,8 +175,7 @@ def load_points(path: str) -> list[Point]:
   """CSV with header ``name,in_dist_acc,shift_acc`` (``#`` lines are comments;
   extra columns ignored), or JSON: a list of such objects or a
   ``{name: {"in_dist_acc": .., "shift_acc": ..}}`` mapping."""
-  with open(path) as f:
-    text = f.read()
+  text = fileio.read_text(path)
   if path.endswith(".json"):
     data = json.loads(text)
     if isinstance(data, dict):
@@ -200,11 +204,10 @@ def report(results: Sequence[Point], baselines: Sequence[Point],
   """Fits the trend, writes robustness.{md,json,png} to ``out_dir``."""
   trend = fit_trend(baselines)
   rows = effective_robustness(results, trend)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "robustness.md"), "w") as f:
-    f.write(markdown_table(rows, trend))
-  with open(os.path.join(out_dir, "robustness.json"), "w") as f:
-    json.dump({"trend": dataclasses.asdict(trend), "models": rows}, f, indent=2)
+  fileio.write_file(os.path.join(out_dir, "robustness.md"),
+                    markdown_table(rows, trend))
+  fileio.write_file(os.path.join(out_dir, "robustness.json"), json.dumps(
+      {"trend": dataclasses.asdict(trend), "models": rows}, indent=2))
   plot(baselines, results, trend, os.path.join(out_dir, "robustness.png"))
   return rows
 
@@ -220,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="output directory")
   args = parser.parse_args(argv)
   report(load_points(args.results), load_points(args.baselines), args.out)
-  with open(os.path.join(args.out, "robustness.md")) as f:
-    print(f.read(), end="")
+  print(fileio.read_text(os.path.join(args.out, "robustness.md")), end="")
 
 
 if __name__ == "__main__":

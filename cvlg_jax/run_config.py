@@ -1,0 +1,84 @@
+"""A run's own config, read back from ``WORKDIR/config.json``.
+
+The trainer writes the resolved config there at every start, so tools that
+look at a finished run (evaluation) can use exactly what it trained with
+instead of trusting a config file that may have changed since, and can say
+which keys differ when a checkpoint does not fit a given config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from cvlg_jax import fileio
+from cvlg_jax.config import ConfigError, base_config
+
+CONFIG_FILE = "config.json"
+# Listed first in a mismatch: what decides the shapes of the parameters.
+_SHAPE_GROUPS = ("model.", "data.", "loss.")
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint does not fit the given config (one line naming the keys)."""
+
+
+def read_run_dict(workdir: str) -> dict | None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  return json.loads(fileio.read_text(path)) if fileio.exists(path) else None
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """``config.json`` on top of :func:`base_config` (keys added to the schema
+  since the run keep their defaults); raises if there is none."""
+  recorded = read_run_dict(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} does not exist "
+                            "(the trainer writes it at start); pass --config")
+  config = base_config()
+  _merge(config, recorded, "")
+  return config
+
+
+def _merge(config, values: dict, prefix: str):
+  for key, value in values.items():
+    path = prefix + key
+    if path == "eval":
+      config.eval = ml_collections.ConfigDict(value)
+    elif key not in config:
+      raise ConfigError(f"{CONFIG_FILE}: config.{path} is unknown to this version "
+                        "of cvlg_jax; pass --config")
+    elif isinstance(config[key], ml_collections.ConfigDict):
+      _merge(config[key], value, path + ".")
+    else:
+      config[key] = tuple(value) if isinstance(config[key], tuple) else value
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def differing_keys(config, workdir: str, limit: int = 6) -> str:
+  """``"model.name ('tiny' in config.json, 'demo' here), ..."`` for the keys
+  (evaluators aside) where ``config`` and the run's config.json differ; ""
+  when they agree or there is no config.json."""
+  recorded = read_run_dict(workdir)
+  if recorded is None:
+    return ""
+  ours = _flat(config.to_dict())
+  theirs = _flat(recorded)
+  keys = sorted((k for k in ours.keys() | theirs.keys()
+                 if not k.startswith("eval.") and ours.get(k) != theirs.get(k)),
+                key=lambda k: (not k.startswith(_SHAPE_GROUPS), k))
+  shown = [f"{k} ({theirs.get(k)!r} in {CONFIG_FILE}, {ours.get(k)!r} here)"
+           for k in keys[:limit]]
+  more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+  return ", ".join(shown) + more
