@@ -125,7 +125,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
 
   path, step, tokenizer, model, mesh, state, shardings, config = restore(
       config, workdir, checkpoint)
-  from cvlg_jax.train import make_eval_context
+  from cvlg_jax.evaluation.context import make_eval_context
   ctx = make_eval_context(model, mesh, train_step.eval_variables(shardings),
                           tokenizer, config.data.image_size,
                           config.train.batch_size, config)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cvlg_jax import distributed, train
+from cvlg_jax import distributed, stopping
 from launch import multiprocess
 from main_runner import REPO
 
@@ -99,7 +99,7 @@ def test_ctrl_c_with_several_processes_becomes_sigterm_for_jax():
   got = []
   previous = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
   try:
-    with train._StopRequest(multi_process=True) as stop:
+    with stopping.StopRequest(multi_process=True) as stop:
       assert signal.getsignal(signal.SIGTERM) is not stop._handle
       os.kill(os.getpid(), signal.SIGINT)
       assert got == [signal.SIGTERM] and stop.signal is None

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import cvlg_jax
-from cvlg_jax import train
+from cvlg_jax import stopping, train
 from main_runner import REPO, make_main_runner
 
 
@@ -96,23 +96,23 @@ def test_skip_nonfinite_steps_skips_the_bad_update(run_main, tmp_path):
 # ---- The guard's decisions, in-process. ----
 
 def test_guard_passes_finite_steps():
-  guard = train._NonFiniteGuard(max_skips=0)
+  guard = stopping.NonFiniteGuard(max_skips=0)
   guard.check(3, {"loss": np.float32(2.0), "grad_norm": np.float32(1e30)})
   assert guard.skipped == 0
 
 
 def test_guard_names_the_quantity_that_went_bad():
-  guard = train._NonFiniteGuard(max_skips=0)
+  guard = stopping.NonFiniteGuard(max_skips=0)
   with pytest.raises(train.NonFiniteError, match=r"^non-finite grad_norm=inf at step 12;"):
     guard.check(12, {"loss": np.float32(2.0), "grad_norm": np.float32(np.inf)})
   with pytest.raises(train.NonFiniteError, match=r"^non-finite loss=-inf at step 4;"):
     guard.check(4, {"loss": np.float32(-np.inf), "grad_norm": np.float32(1.0)})
-  assert train.nonfinite_quantities({"loss": np.nan, "grad_norm": np.nan}) == [
+  assert stopping.nonfinite_quantities({"loss": np.nan, "grad_norm": np.nan}) == [
       "loss", "grad_norm"]
 
 
 def test_guard_skips_only_within_budget_and_only_if_the_step_undid_the_update():
-  guard = train._NonFiniteGuard(max_skips=2, skipped=1)  # one skipped before a resume
+  guard = stopping.NonFiniteGuard(max_skips=2, skipped=1)  # one skipped before a resume
   bad = {"loss": np.float32(np.nan), "grad_norm": np.float32(np.nan),
          "nonfinite": np.bool_(True)}
   guard.check(8, bad)
@@ -122,9 +122,9 @@ def test_guard_skips_only_within_budget_and_only_if_the_step_undid_the_update():
     guard.check(9, bad)
   # A step that does not report `nonfinite` applied the bad update: never skip.
   with pytest.raises(train.NonFiniteError, match="at step 3"):
-    train._NonFiniteGuard(max_skips=5).check(3, {"loss": np.float32(np.nan)})
+    stopping.NonFiniteGuard(max_skips=5).check(3, {"loss": np.float32(np.nan)})
   # The step's own flag counts even when loss and grad_norm look finite.
-  guard = train._NonFiniteGuard(max_skips=1)
+  guard = stopping.NonFiniteGuard(max_skips=1)
   guard.check(2, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0),
                   "nonfinite": np.bool_(True)})
   assert guard.skipped == 1
@@ -134,7 +134,7 @@ def test_guard_skips_only_within_budget_and_only_if_the_step_undid_the_update():
                     reason="signal handlers need the main thread")
 def test_stop_request_turns_signals_into_a_flag_and_restores_handlers():
   before = signal.getsignal(signal.SIGTERM)
-  with train._StopRequest() as stop:
+  with stopping.StopRequest() as stop:
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.signal == "SIGTERM"
     os.kill(os.getpid(), signal.SIGTERM)  # repeated: still just the flag
