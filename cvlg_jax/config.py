@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from cvlg_jax import fileio, losses
+from cvlg_jax import bank, fileio, losses, sharding
+from cvlg_jax.data import pipeline, train_sources
+from cvlg_jax.data.tokenizers import TOKENIZERS
+from cvlg_jax.evaluation.common import registered_types
+from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
 
 # self: the student's own logits (same pass); ema: an EMA copy of the params
 # (one more forward pass); bank: each example's embeddings from the last time
 # it was seen (cvlg_jax/bank.py; memory, no FLOPs). docs/design.md, "Teachers".
 PSD_TEACHERS = ("self", "ema", "bank")
-BANK_DTYPES = ("bfloat16", "float32")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
-# tfds_class_captions: a registered classification set (data.tfds_name, e.g.
-# cifar10) as class-name captions with label noise (data/class_captions.py).
-DATA_SOURCES = ("synthetic", "arrayrecord", "tfds", "tfds_class_captions")
 DEBUG_SIGNALS = ("SIGTERM", "SIGINT", "SIGKILL")
 
 
@@ -162,18 +162,139 @@ def _in_range(value, lo, hi, path):
     raise ConfigError(f"config.{path}={value} must be in [{lo}, {hi}]")
 
 
+def _value(config, path):
+  for key in path.split("."):
+    config = config[key]
+  return config
+
+
 def _positive(config, *paths):
   for path in paths:
-    group, key = path.rsplit(".", 1)
-    if config[group][key] <= 0:
-      raise ConfigError(f"config.{path}={config[group][key]} must be > 0")
+    if _value(config, path) <= 0:
+      raise ConfigError(f"config.{path}={_value(config, path)} must be > 0")
+
+
+def _non_negative(config, *paths):
+  for path in paths:
+    if _value(config, path) < 0:
+      raise ConfigError(f"config.{path}={_value(config, path)} must be >= 0")
+
+
+def _check_model(config) -> None:
+  model = config.model
+  _choice(model.name, tuple(MODELS), "model.name")
+  _choice(model.dtype, tuple(DTYPES), "model.dtype")
+  _choice(model.activation, tuple(ACTIVATIONS), "model.activation")
+  if not 0 < model.layer_norm_epsilon < 1:
+    raise ConfigError(f"config.model.layer_norm_epsilon="
+                      f"{model.layer_norm_epsilon} must be in (0, 1)")
+
+
+def _check_loss(config) -> None:
+  _choice(config.loss.name, tuple(losses.LOSS_NAMES), "loss.name")
+  psd = config.loss.psd
+  _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")
+  _in_range(psd.subset_fraction, 0.0, 1.0, "loss.psd.subset_fraction")
+  _in_range(psd.ema_decay, 0.0, 1.0, "loss.psd.ema_decay")
+  _choice(psd.teacher, PSD_TEACHERS, "loss.psd.teacher")
+  _choice(psd.bank_dtype, tuple(bank.DTYPES), "loss.psd.bank_dtype")
+  _choice(psd.subset, PSD_SUBSETS, "loss.psd.subset")
+  _choice(psd.ramp_unit, RAMP_UNITS, "loss.psd.ramp_unit")
+  _positive(config, "loss.psd.bank_max_gib", "loss.psd.teacher_temperature")
+  if psd.ramp_steps == 0 or psd.ramp_steps < -1:
+    raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
+                      "> 0, or -1 for all training steps")
+  _non_negative(config, "loss.chunk_size")
+
+
+def _check_data(config) -> None:
+  data = config.data
+  _choice(data.source, tuple(train_sources.SOURCES), "data.source")
+  try:
+    train_sources.SOURCES[data.source].check(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _choice(data.tokenizer, tuple(TOKENIZERS), "data.tokenizer")
+  if data.tokenizer != "builtin" and not fileio.exists(data.tokenizer_path):
+    raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
+                      f"not exist (needed by data.tokenizer={data.tokenizer!r})")
+  _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
+  _in_range(data.crop_min_scale, 0.01, 1.0, "data.crop_min_scale")
+  _positive(config, "data.image_size", "data.context_length", "data.num_train")
+  _non_negative(config, "data.num_heldout", "data.worker_count",
+                "data.read_threads")
+
+
+def _check_optim(config) -> None:
+  _positive(config, "optim.learning_rate")
+  _non_negative(config, "optim.warmup_steps")
+
+
+def _check_train(config) -> None:
+  train = config.train
+  _positive(config, "train.steps", "train.batch_size", "train.log_every",
+            "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints")
+  accum = train.grad_accum_steps
+  if accum < 1 or train.batch_size % accum:
+    raise ConfigError(f"config.train.grad_accum_steps={accum} must be >= 1 and "
+                      f"divide train.batch_size={train.batch_size}")
+  if train.init_from and not fileio.exists(train.init_from):
+    raise ConfigError(f"config.train.init_from={train.init_from!r} does "
+                      "not exist (a checkpoint step directory or a workdir)")
+  for key in ("skip_nonfinite_steps", "debug_signal_at_step", "debug_poison_step"):
+    if train[key] < 0:
+      raise ConfigError(f"config.train.{key}={train[key]} must be >= 0 (0 = off)")
+  _choice(train.debug_signal, DEBUG_SIGNALS, "train.debug_signal")
+  if train.debug_signal_process < -1:
+    raise ConfigError(f"config.train.debug_signal_process="
+                      f"{train.debug_signal_process} must be >= -1 (-1 = all)")
+
+
+def _check_distributed(config) -> None:
+  _positive(config, "distributed.initialization_timeout_s",
+            "distributed.heartbeat_timeout_s", "distributed.shutdown_timeout_s")
+
+
+def _check_eval(config) -> None:
+  types = registered_types() if config.eval else ()
+  for name, entry in config.eval.items():
+    if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
+      raise ConfigError(f"config.eval.{name} must be a group with a 'type' key")
+    _choice(entry.type, types, f"eval.{name}.type")
+
+
+def _check_devices(config, num_devices: int) -> None:
+  """What depends on the device count: the mesh, and how the global batch,
+  micro-batches, loss chunks and the embedding bank split over it."""
+  try:
+    shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}; allowed: sizes whose product is "
+                      f"{num_devices}, one of them may be -1 (= the rest)") from None
+  batch_devices = shape[0] * shape[1]
+  if config.train.batch_size % batch_devices:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} is not divisible "
+        f"by the {batch_devices} devices the batch is split over "
+        f"(mesh data={shape[0]} x fsdp={shape[1]})")
+  per_device = config.train.batch_size // batch_devices
+  accum = config.train.grad_accum_steps
+  if per_device % accum:
+    raise ConfigError(
+        f"config.train.grad_accum_steps={accum} must divide the {per_device} "
+        "examples per device, so every micro-batch spans all devices")
+  chunk = config.loss.chunk_size
+  if chunk and per_device % min(chunk, per_device):
+    raise ConfigError(
+        f"config.loss.chunk_size={chunk} must divide the {per_device} "
+        "examples per device (the key block each device streams)")
+  if (losses.parse_loss_name(config.loss.name).distills
+      and config.loss.psd.teacher == "bank"):
+    _check_bank_fits(config, num_devices)
 
 
 def _check_bank_fits(config, num_devices: int) -> None:
   """The embedding bank (one row per training example) within its budget."""
-  from cvlg_jax import bank
-  from cvlg_jax.data import pipeline
-  from cvlg_jax.models.registry import MODELS
   psd = config.loss.psd
   try:
     examples = pipeline.num_train_examples(config)
@@ -190,130 +311,15 @@ def _check_bank_fits(config, num_devices: int) -> None:
         "more devices or bank_dtype=bfloat16, or teacher=ema/self")
 
 
+# Each group's checks, in the order a reader meets the groups in the schema.
+_GROUP_CHECKS = (_check_model, _check_data, _check_loss, _check_optim,
+                 _check_train, _check_distributed, _check_eval)
+
+
 def validate(config, num_devices: int | None = None) -> None:
   """Raises :class:`ConfigError` with one clear line for the first problem."""
-  from cvlg_jax import sharding
-  from cvlg_jax.data.tokenizers import TOKENIZERS
-  from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
-
   _check_keys(config, base_config())
-  _choice(config.model.name, tuple(MODELS), "model.name")
-  _choice(config.model.dtype, tuple(DTYPES), "model.dtype")
-  _choice(config.model.activation, tuple(ACTIVATIONS), "model.activation")
-  if not 0 < config.model.layer_norm_epsilon < 1:
-    raise ConfigError(f"config.model.layer_norm_epsilon="
-                      f"{config.model.layer_norm_epsilon} must be in (0, 1)")
-  if config.train.init_from and not fileio.exists(config.train.init_from):
-    raise ConfigError(f"config.train.init_from={config.train.init_from!r} does "
-                      "not exist (a checkpoint step directory or a workdir)")
-  _choice(config.loss.name, tuple(losses.LOSS_NAMES), "loss.name")
-  psd = config.loss.psd
-  _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")
-  _in_range(psd.subset_fraction, 0.0, 1.0, "loss.psd.subset_fraction")
-  _in_range(psd.ema_decay, 0.0, 1.0, "loss.psd.ema_decay")
-  _choice(psd.teacher, PSD_TEACHERS, "loss.psd.teacher")
-  _choice(psd.bank_dtype, BANK_DTYPES, "loss.psd.bank_dtype")
-  if psd.bank_max_gib <= 0:
-    raise ConfigError(f"config.loss.psd.bank_max_gib={psd.bank_max_gib} must "
-                      "be > 0")
-  _choice(psd.subset, PSD_SUBSETS, "loss.psd.subset")
-  _choice(psd.ramp_unit, RAMP_UNITS, "loss.psd.ramp_unit")
-  if psd.teacher_temperature <= 0:
-    raise ConfigError(f"config.loss.psd.teacher_temperature="
-                      f"{psd.teacher_temperature} must be > 0")
-  if psd.ramp_steps == 0 or psd.ramp_steps < -1:
-    raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
-                      "> 0, or -1 for all training steps")
-  if config.loss.chunk_size < 0:
-    raise ConfigError(f"config.loss.chunk_size={config.loss.chunk_size} must be "
-                      ">= 0 (0 = unchunked)")
-  accum = config.train.grad_accum_steps
-  if accum < 1 or config.train.batch_size % accum:
-    raise ConfigError(f"config.train.grad_accum_steps={accum} must be >= 1 and "
-                      f"divide train.batch_size={config.train.batch_size}")
-
-  data = config.data
-  _choice(data.source, DATA_SOURCES, "data.source")
-  _choice(data.tokenizer, tuple(TOKENIZERS), "data.tokenizer")
-  if data.tokenizer != "builtin" and not fileio.exists(data.tokenizer_path):
-    raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
-                      f"not exist (needed by data.tokenizer={data.tokenizer!r})")
-  if data.source == "arrayrecord":
-    from cvlg_jax.data.records import list_shards
-    try:
-      list_shards(data.data_dir)
-    except FileNotFoundError as e:
-      raise ConfigError(f"config.data.data_dir={data.data_dir!r}: {e} (a "
-                        "directory of shards, a glob or one shard file)") from None
-  if data.source in ("tfds", "tfds_class_captions") and not data.tfds_name:
-    raise ConfigError("config.data.tfds_name must be set for "
-                      f"data.source={data.source!r}")
-  if data.source == "tfds_class_captions":
-    from cvlg_jax.data.class_captions import check_split
-    try:
-      check_split(data.tfds_name, data.tfds_split)
-    except ValueError as e:
-      raise ConfigError(f"config.data.tfds_name / tfds_split: {e}") from None
-  if (data.source in ("tfds", "tfds_class_captions") and data.data_dir
-      and not fileio.isdir(data.data_dir)):
-    raise ConfigError(f"config.data.data_dir={data.data_dir!r} does not exist "
-                      "(TFDS data_dir; leave empty for the TFDS default)")
-  _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
-  _in_range(data.crop_min_scale, 0.01, 1.0, "data.crop_min_scale")
-  _positive(config, "data.image_size", "data.context_length", "data.num_train",
-            "train.steps", "train.batch_size", "train.log_every",
-            "train.eval_every", "train.checkpoint_every",
-            "train.keep_checkpoints", "optim.learning_rate")
-  if data.num_heldout < 0:
-    raise ConfigError(f"config.data.num_heldout={data.num_heldout} must be >= 0")
-  if data.worker_count < 0:
-    raise ConfigError(f"config.data.worker_count={data.worker_count} must be >= 0")
-  if data.read_threads < 0:
-    raise ConfigError(f"config.data.read_threads={data.read_threads} must be >= 0")
-  if config.optim.warmup_steps < 0:
-    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} "
-                      "must be >= 0")
-  train = config.train
-  for key in ("skip_nonfinite_steps", "debug_signal_at_step", "debug_poison_step"):
-    if train[key] < 0:
-      raise ConfigError(f"config.train.{key}={train[key]} must be >= 0 (0 = off)")
-  _choice(train.debug_signal, DEBUG_SIGNALS, "train.debug_signal")
-  if train.debug_signal_process < -1:
-    raise ConfigError(f"config.train.debug_signal_process="
-                      f"{train.debug_signal_process} must be >= -1 (-1 = all)")
-  _positive(config, "distributed.initialization_timeout_s",
-            "distributed.heartbeat_timeout_s", "distributed.shutdown_timeout_s")
-
+  for check in _GROUP_CHECKS:
+    check(config)
   if num_devices is not None:
-    try:
-      shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
-    except ValueError as e:
-      raise ConfigError(f"config.{e}; allowed: sizes whose product is "
-                        f"{num_devices}, one of them may be -1 (= the rest)") from None
-    batch_devices = shape[0] * shape[1]
-    if config.train.batch_size % batch_devices:
-      raise ConfigError(
-          f"config.train.batch_size={config.train.batch_size} is not divisible "
-          f"by the {batch_devices} devices the batch is split over "
-          f"(mesh data={shape[0]} x fsdp={shape[1]})")
-    per_device = config.train.batch_size // batch_devices
-    if per_device % accum:
-      raise ConfigError(
-          f"config.train.grad_accum_steps={accum} must divide the {per_device} "
-          "examples per device, so every micro-batch spans all devices")
-    chunk = config.loss.chunk_size
-    if chunk and per_device % min(chunk, per_device):
-      raise ConfigError(
-          f"config.loss.chunk_size={chunk} must divide the {per_device} "
-          "examples per device (the key block each device streams)")
-    if (losses.parse_loss_name(config.loss.name).distills
-        and psd.teacher == "bank"):
-      _check_bank_fits(config, num_devices)
-
-  if config.eval:
-    from cvlg_jax.evaluation.common import registered_types
-    types = registered_types()
-  for name, entry in config.eval.items():
-    if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
-      raise ConfigError(f"config.eval.{name} must be a group with a 'type' key")
-    _choice(entry.type, types, f"eval.{name}.type")
+    _check_devices(config, num_devices)

@@ -26,7 +26,7 @@ import grain
 import jax
 import numpy as np
 
-from cvlg_jax.data import synthetic
+from cvlg_jax.data import synthetic, train_sources
 from cvlg_jax.data.process_share import BatchBlock
 from cvlg_jax.data.skipping import SKIPPED_KEY, decode_and_skip
 from cvlg_jax.data.tokenizers import Tokenizer, get_tokenizer
@@ -77,25 +77,7 @@ def make_tokenizer(config) -> Tokenizer:
 
 def train_source(config):
   """The random-access training source named by ``config.data.source``."""
-  data = config.data
-  if data.source == "synthetic":
-    return synthetic.SyntheticImageText(
-        "train", num_examples=data.num_train + data.num_heldout,
-        image_size=data.image_size,
-        caption_noise=data.caption_noise, seed=config.train.seed)
-  from cvlg_jax.data import sources
-  if data.source == "arrayrecord":
-    return sources.ArrayRecordImageText(data.data_dir)
-  if data.source == "tfds":
-    return sources.TfdsImageText(
-        data.tfds_name, data.tfds_split, image_key=data.image_key,
-        caption_key=data.caption_key, data_dir=data.data_dir or None)
-  if data.source == "tfds_class_captions":
-    from cvlg_jax.data import class_captions
-    return class_captions.open_class_captions(
-        data.tfds_name, data.tfds_split, data.data_dir or None,
-        caption_noise=data.caption_noise, seed=config.train.seed)
-  raise ValueError(f"data.source={data.source!r} is unknown")
+  return train_sources.open_source(config)
 
 
 class TrainData(NamedTuple):

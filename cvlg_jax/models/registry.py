@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from cvlg_jax.models import clip
 from cvlg_jax.models.clip import CLIP
+from cvlg_jax.models.resnet import ModifiedResNet
 from cvlg_jax.models.text import TextTransformer
 from cvlg_jax.models.transformer import (
     ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_LAYER_NORM_EPSILON)
@@ -52,6 +53,25 @@ MODELS = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def _vit(cfg, *, embed_dim, remat, dtype, block_opts):
+  """A ViT tower, then a learned projection to the embedding size."""
+  del embed_dim
+  return VisionTransformer(**cfg, remat=remat, dtype=dtype, **block_opts), True
+
+
+def _resnet(cfg, *, embed_dim, remat, dtype, block_opts):
+  """CLIP's ModifiedResNet: its attention pool already projects to the
+  embedding size; BatchNorm as in CLIP (running statistics live in
+  TrainState.model_state)."""
+  del block_opts  # no transformer blocks
+  return ModifiedResNet(**cfg, output_dim=embed_dim, norm="batch", remat=remat,
+                        dtype=dtype), False
+
+
+# VISION_TOWERS[...]["kind"] -> builder(cfg, ...) -> (module, project_image).
+IMAGE_TOWER_KINDS = {"vit": _vit, "resnet": _resnet}
+
+
 def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
                 remat: bool = False, sigmoid: bool = False,
                 activation: str = DEFAULT_ACTIVATION,
@@ -73,18 +93,9 @@ def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
   spec, cdtype = MODELS[name], DTYPES[dtype]
   block_opts = dict(activation=activation, layer_norm_epsilon=layer_norm_epsilon)
   image_cfg = dict(VISION_TOWERS[spec["image"]])
-  kind = image_cfg.pop("kind")
-  if kind == "vit":
-    image_tower = VisionTransformer(**image_cfg, remat=remat, dtype=cdtype,
-                                    **block_opts)
-    project_image = True
-  else:
-    from cvlg_jax.models.resnet import ModifiedResNet
-    # The attention pool already projects to the embedding size, as in CLIP;
-    # BatchNorm as in CLIP (its running statistics live in TrainState.model_state).
-    image_tower = ModifiedResNet(**image_cfg, output_dim=spec["embed_dim"],
-                                 norm="batch", remat=remat, dtype=cdtype)
-    project_image = False
+  image_tower, project_image = IMAGE_TOWER_KINDS[image_cfg.pop("kind")](
+      image_cfg, embed_dim=spec["embed_dim"], remat=remat, dtype=cdtype,
+      block_opts=block_opts)
   text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
                                remat=remat, dtype=cdtype, **block_opts)
   init = (dict(init_logit_scale=clip.SIGLIP_INIT_LOGIT_SCALE,
