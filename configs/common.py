@@ -10,7 +10,9 @@ data set's size; the comma-separated config arg picks the rest:
 Keys: ``data_dir`` (ArrayRecord shards from ``python -m cvlg_jax.data.convert``),
 ``vocab`` (CLIP BPE merges file; or ``tokenizer=builtin``), ``model``
 (vit_b32 | rn50 | any registry name), ``loss`` (psd | clip), ``epochs``,
-``batch`` (global), ``eval_data_dir`` (TFDS data_dir for the eval sets),
+``batch`` (global), ``num_examples`` (rows in your shards, if they differ
+from the data set's nominal size: sets the steps per epoch), ``dtype``,
+``image_size``, ``workers``, ``eval_data_dir`` (TFDS data_dir for the eval sets),
 ``evals=paper`` (the full benchmark suite of configs/eval_suite.py instead
 of the cheap during-training set),
 ``smoke`` (a seconds-long run for tests).
@@ -27,14 +29,58 @@ from cvlg_jax.config import base_config
 from configs import eval_suite
 
 
-def parse_arg(arg):
-  """``"a=1,b,c=x"`` -> {"a": "1", "b": "1", "c": "x"}."""
-  return dict(a.split("=", 1) if "=" in a else (a, "1")
-              for a in (arg or "").split(",") if a)
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+_KIND = {int: "an int", float: "a float", bool: "0 or 1", str: "a string"}
+
+
+def _convert(text: str, kind: type, key: str, where: str):
+  try:
+    if kind is bool:
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(text)
+      return text.lower() in _TRUE
+    return kind(text)
+  except ValueError:
+    raise ValueError(f"{where}: arg {key}={text!r} must be {_KIND[kind]}"
+                     ) from None
+
+
+def parse_arg(arg, spec: dict[str, type], where: str) -> dict:
+  """``"a=1,b,c=x"`` -> typed values of the keys present, by ``spec`` (name ->
+  str | int | float | bool). A bool key given alone (``b``) is True; ``b=0``
+  is False. An unknown key or an unparsable value is a one-line ValueError,
+  never silently dropped."""
+  out = {}
+  for item in (arg or "").split(","):
+    if not item:
+      continue
+    key, has_value, text = item.partition("=")
+    if key not in spec:
+      raise ValueError(f"{where}: unknown arg {key!r}; allowed: "
+                       f"{', '.join(sorted(spec))}")
+    kind = spec[key]
+    if not has_value and kind is not bool:
+      raise ValueError(f"{where}: arg {key!r} needs a value ({key}=...)")
+    out[key] = True if not has_value else _convert(text, kind, key, where)
+  return out
+
+
+def format_arg(args: dict) -> str:
+  """The inverse of :func:`parse_arg` (for configs that extend another)."""
+  return ",".join(k if v is True else f"{k}={int(v) if isinstance(v, bool) else v}"
+                  for k, v in args.items())
+
+
+PRETRAIN_ARGS = {"model": str, "dtype": str, "loss": str, "data_dir": str,
+                 "vocab": str, "tokenizer": str, "image_size": int,
+                 "workers": int, "batch": int, "epochs": int,
+                 "num_examples": int, "eval_data_dir": str, "evals": str,
+                 "smoke": bool, "steps": int}
 
 
 def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
-  args = parse_arg(arg)
+  args = parse_arg(arg, PRETRAIN_ARGS, "pre-training config (configs/common.py)")
+  num_examples = args.get("num_examples", num_examples)
   c = base_config()
   c.model.name = args.get("model", "vit_b32")
   c.model.dtype = args.get("dtype", "bfloat16")
@@ -42,16 +88,16 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
 
   c.data.source = "arrayrecord"
   c.data.data_dir = args.get("data_dir", "")
-  c.data.image_size = int(args.get("image_size", 224))
+  c.data.image_size = args.get("image_size", 224)
   c.data.context_length = 77
   c.data.tokenizer = args.get("tokenizer", "clip_bpe")
   c.data.tokenizer_path = args.get("vocab", "")
   c.data.crop_min_scale = 0.9
-  c.data.worker_count = int(args.get("workers", 16))
+  c.data.worker_count = args.get("workers", 16)
   c.data.prefetch_buffer_size = 4
 
-  batch = int(args.get("batch", 1024))
-  epochs = int(args.get("epochs", epochs))
+  batch = args.get("batch", 1024)
+  epochs = args.get("epochs", epochs)
   c.train.batch_size = batch
   c.train.steps = max(1, epochs * num_examples // batch)
   c.train.log_every = 100
@@ -70,12 +116,12 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
   for name, entry in suite.items():
     c.eval[name] = entry
 
-  if "smoke" in args:  # tests: tiny model, tiny images, builtin tokenizer
+  if args.get("smoke"):  # tests: tiny model, tiny images, builtin tokenizer
     c.model.name, c.model.dtype = args.get("model", "tiny"), "float32"
     c.data.image_size, c.data.context_length = 32, 16
     c.data.tokenizer = args.get("tokenizer", "builtin")
-    c.data.worker_count = int(args.get("workers", 0))
-    c.train.batch_size, c.train.steps = 16, int(args.get("steps", 4))
+    c.data.worker_count = args.get("workers", 0)
+    c.train.batch_size, c.train.steps = 16, args.get("steps", 4)
     c.train.log_every = c.train.eval_every = c.train.checkpoint_every = 2
     c.optim.warmup_steps = 1
     c.eval = {}

@@ -16,15 +16,18 @@ from configs.common import parse_arg  # noqa: E402
 from cvlg_jax.config import base_config  # noqa: E402
 
 
+ARGS = {"clip": bool, "noise": float, "tiny": bool}
+
+
 def get_config(arg=None):
-  args = parse_arg(arg)
+  args = parse_arg(arg, ARGS, "configs/demo.py")
   c = base_config()
   c.model.name = "demo"
   c.data.image_size = 32
   c.data.context_length = 24
   c.data.num_train = 20_000
-  c.data.caption_noise = float(args.get("noise", 0.0))
-  c.loss.name = "clip" if "clip" in args else "psd"
+  c.data.caption_noise = args.get("noise", 0.0)
+  c.loss.name = "clip" if args.get("clip") else "psd"
   c.train.steps = 600
   c.train.batch_size = 128
   c.train.log_every = 25
@@ -34,7 +37,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 60
   c.optim.weight_decay = 0.1
   c.eval.synthetic = dict(type="synthetic", num_zeroshot=1000, num_retrieval=500)
-  if "tiny" in args:
+  if args.get("tiny"):
     c.model.name = "tiny"
     c.train.steps = 20
     c.train.batch_size = 32

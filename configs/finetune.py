@@ -36,8 +36,15 @@ from configs.common import parse_arg  # noqa: E402
 from cvlg_jax.config import base_config  # noqa: E402
 
 
+ARGS = {"init_from": str, "data_dir": str, "vocab": str, "num_examples": int,
+        "model": str, "activation": str, "loss": str, "epochs": int,
+        "batch": int, "lr": float, "dtype": str, "image_size": int,
+        "context_length": int, "workers": int, "eval_data_dir": str,
+        "evals": str, "eval_only": bool, "smoke": bool, "steps": int}
+
+
 def get_config(arg=None):
-  args = parse_arg(arg)
+  args = parse_arg(arg, ARGS, "configs/finetune.py")
   c = base_config()
   c.model.name = args.get("model", "vit_b32")
   c.model.activation = args.get("activation", "quick_gelu")
@@ -48,26 +55,26 @@ def get_config(arg=None):
 
   # eval_only: `cvlg_jax.evaluate` of an import needs no training data (the
   # synthetic source only satisfies validation; never train with it here).
-  c.data.source = "synthetic" if "eval_only" in args else "arrayrecord"
+  c.data.source = "synthetic" if args.get("eval_only") else "arrayrecord"
   c.data.data_dir = args.get("data_dir", "")
-  c.data.image_size = int(args.get("image_size", 224))  # the release's
+  c.data.image_size = args.get("image_size", 224)  # the release's
   c.data.context_length = 77
   c.data.tokenizer = "clip_bpe"
   c.data.tokenizer_path = args.get("vocab", "")
   c.data.crop_min_scale = 0.9
   c.data.flip = False  # captions name left and right
-  c.data.worker_count = int(args.get("workers", 16))
+  c.data.worker_count = args.get("workers", 16)
 
-  num_examples = int(args.get("num_examples", 100_000))
-  batch = int(args.get("batch", 512))
-  epochs = int(args.get("epochs", 5))
+  num_examples = args.get("num_examples", 100_000)
+  batch = args.get("batch", 512)
+  epochs = args.get("epochs", 5)
   c.train.batch_size = batch
   c.train.steps = max(1, epochs * num_examples // batch)
   c.train.log_every = 50
   c.train.eval_every = max(1, num_examples // batch)  # once per epoch
   c.train.checkpoint_every = 500
 
-  c.optim.learning_rate = float(args.get("lr", 1e-5))
+  c.optim.learning_rate = args.get("lr", 1e-5)
   c.optim.warmup_steps = min(500, c.train.steps // 10)
   c.optim.weight_decay = 0.1
 
@@ -77,13 +84,13 @@ def get_config(arg=None):
   for name, entry in suite.items():
     c.eval[name] = entry
 
-  if "smoke" in args:  # tests: synthetic data, float32, a few steps
+  if args.get("smoke"):  # tests: synthetic data, float32, a few steps
     c.model.dtype = "float32"
     c.data.source = "synthetic"
-    c.data.image_size = int(args.get("image_size", 32))
-    c.data.context_length = int(args.get("context_length", 77))
+    c.data.image_size = args.get("image_size", 32)
+    c.data.context_length = args.get("context_length", 77)
     c.data.worker_count = 0
-    c.train.batch_size, c.train.steps = 8, int(args.get("steps", 2))
+    c.train.batch_size, c.train.steps = 8, args.get("steps", 2)
     c.train.log_every = c.train.checkpoint_every = 1
     c.train.eval_every = 1000
     c.optim.warmup_steps = 0

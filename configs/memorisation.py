@@ -44,8 +44,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common, robustness  # noqa: E402
 
-ARGS = ("clip", "teacher", "schedule", "T", "noise", "steps", "num_train",
-        "dataset", "data_dir", "flip", "tiny")
+ARGS = {"clip": bool, "teacher": str, "schedule": str, "T": float,
+        "noise": float, "steps": int, "num_train": int, "dataset": str,
+        "data_dir": str, "flip": bool, "tiny": bool}
+# What configs/robustness.py reads of these.
+_PASSED = ("clip", "noise", "dataset", "data_dir", "flip", "tiny")
 NUM_TRAIN = 2048
 NUM_HELDOUT = 256
 STEPS = 800
@@ -54,23 +57,18 @@ SCHEDULES = {"paper": (0.5, 0.5, 1.0), "early": (0.8, 1.0, 0.25)}
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg)
-  unknown = sorted(set(args) - set(ARGS))
-  if unknown:
-    raise ValueError(f"configs/memorisation.py: unknown arg(s) {unknown}; "
-                     f"allowed: {', '.join(ARGS)}")
-  passed = [f"{k}={args[k]}" for k in ("noise", "dataset", "data_dir", "flip")
-            if k in args] + [k for k in ("clip", "tiny") if k in args]
-  c = robustness.get_config(",".join(passed))
+  args = common.parse_arg(arg, ARGS, "configs/memorisation.py")
+  c = robustness.get_config(common.format_arg(
+      {k: v for k, v in args.items() if k in _PASSED}) or None)
   c.data.num_heldout = NUM_HELDOUT
   real = "dataset" in args
   if not real:
-    c.data.num_train = int(args.get("num_train", NUM_TRAIN))
-  c.train.steps = int(args.get("steps", STEPS))
+    c.data.num_train = args.get("num_train", NUM_TRAIN)
+  c.train.steps = args.get("steps", STEPS)
   c.train.eval_every = 50
   c.train.checkpoint_every = c.train.steps
   c.loss.psd.teacher = args.get("teacher", "self")
-  c.loss.psd.teacher_temperature = float(args.get("T", 1.0))
+  c.loss.psd.teacher_temperature = args.get("T", 1.0)
   schedule = args.get("schedule", "paper")
   if schedule not in SCHEDULES:
     raise ValueError(f"configs/memorisation.py: schedule={schedule!r}; "
@@ -79,9 +77,9 @@ def get_config(arg=None):
   c.loss.psd.alpha_final, c.loss.psd.subset_fraction = alpha, fraction
   c.eval.memorisation = dict(type="memorisation", num_examples=500)
   c.eval.heldout = dict(type="heldout")
-  if "tiny" in args:
+  if args.get("tiny"):
     c.data.num_train, c.data.num_heldout = 64, 16
-    c.train.steps = int(args.get("steps", 6))
+    c.train.steps = args.get("steps", 6)
     c.train.eval_every = c.train.checkpoint_every = 3
     c.eval.memorisation.num_examples = 20
   c.loss.psd.ramp_steps = max(1, round(ramp * c.train.steps))

@@ -29,35 +29,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common, demo  # noqa: E402
 
-ARGS = ("clip", "noise", "dataset", "data_dir", "flip", "steps", "eval_examples",
-        "tiny")
-
-
-def parse_args(arg):
-  args = common.parse_arg(arg)
-  unknown = sorted(set(args) - set(ARGS))
-  if unknown:
-    raise ValueError(f"configs/robustness.py: unknown arg(s) {unknown}; "
-                     f"allowed: {', '.join(ARGS)}")
-  return args
+ARGS = {"clip": bool, "noise": float, "dataset": str, "data_dir": str,
+        "flip": bool, "steps": int, "eval_examples": int, "tiny": bool}
 
 
 def get_config(arg=None):
-  args = parse_args(arg)
+  args = common.parse_arg(arg, ARGS, "configs/robustness.py")
   # The demo recipe (model, data, optimizer, schedule), one eval set swapped in
   # for real data, and only the last checkpoint kept (30 runs per sweep).
-  c = demo.get_config(",".join(k for k in ("clip",) if k in args))
-  c.data.caption_noise = float(args.get("noise", 0.0))
-  c.train.steps = int(args.get("steps", c.train.steps))
+  c = demo.get_config("clip" if args.get("clip") else None)
+  c.data.caption_noise = args.get("noise", 0.0)
+  c.train.steps = args.get("steps", c.train.steps)
   c.train.keep_checkpoints = 1
   if "dataset" in args:
     c.eval = {}
     _real_data(c, args["dataset"], args.get("data_dir", ""),
                args.get("eval_examples"))
-    c.data.flip = args.get("flip", "1") != "0"
-  if "tiny" in args:
+    c.data.flip = args.get("flip", True)
+  if args.get("tiny"):
     c.model.name = "tiny"
-    c.train.steps = int(args.get("steps", 6))
+    c.train.steps = args.get("steps", 6)
     c.train.batch_size = 16
     c.train.log_every = 2
     c.train.eval_every = 3
@@ -81,4 +72,4 @@ def _real_data(c, dataset: str, data_dir: str, eval_examples):
   c.data.data_dir = data_dir
   c.eval.zeroshot = dict(type="zeroshot", dataset=dataset,
                          data_dir=data_dir or None,
-                         max_examples=int(eval_examples) if eval_examples else None)
+                         max_examples=eval_examples)

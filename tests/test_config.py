@@ -237,3 +237,30 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path):
   assert "Traceback" not in out.stderr
   assert "Compiling" not in out.stderr, out.stderr[-3000:]
   assert not workdir.exists()
+
+
+def test_config_args_are_typed_and_unknown_ones_are_refused():
+  """``epoch=25`` (for epochs) used to be dropped silently; now every config
+  file's arguments are typed and checked."""
+  from configs import cc3m, common, finetune, memorisation, robustness
+  c = cc3m.get_config("data_dir=/d,smoke,steps=3")
+  assert (c.train.steps, c.data.data_dir, c.model.name) == (3, "/d", "tiny")
+  c = cc3m.get_config("num_examples=1000,batch=16,epochs=2")  # sets the epoch
+  assert (c.train.eval_every, c.train.steps) == (1000 // 16, 2 * 1000 // 16)
+  for arg, message in (
+      ("epoch=25", "unknown arg 'epoch'; allowed: batch, data_dir, dtype, epochs"),
+      ("batch=abc", "arg batch='abc' must be an int"),
+      ("smoke=maybe", "arg smoke='maybe' must be 0 or 1"),
+      ("batch", "arg 'batch' needs a value (batch=...)")):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+      cc3m.get_config(arg)
+  assert robustness.get_config("dataset=cifar10,flip=0").data.flip is False
+  assert robustness.get_config("dataset=cifar10").data.flip is True
+  assert demo.get_config("clip,noise=0.2").data.caption_noise == 0.2
+  assert finetune.get_config("smoke,lr=3e-5").optim.learning_rate == 3e-5
+  m = memorisation.get_config("clip,noise=0.4,steps=100,schedule=early")
+  assert (m.loss.name, m.data.caption_noise, m.loss.psd.ramp_steps) == ("clip", 0.4, 25)
+  with pytest.raises(ValueError, match="configs/memorisation.py: unknown arg 'teachr'"):
+    memorisation.get_config("teachr=bank")
+  args = {"clip": True, "noise": 0.4, "flip": False, "dataset": "folder:/x"}
+  assert common.parse_arg(common.format_arg(args), robustness.ARGS, "x") == args
