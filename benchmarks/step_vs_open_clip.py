@@ -190,12 +190,8 @@ def worker(side, args, conn):
 
 
 def peer_available() -> bool:
-  try:
-    import open_clip  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    return True
-  except ImportError:
-    return False
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return all(importlib.util.find_spec(m) is not None for m in ("open_clip", "torch"))
 
 
 def start(side, args, ctx):

@@ -179,7 +179,7 @@ def test_real_sources_carry_example_ids(tmp_path):
         rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), "JPEG"))
     (src / f"{i:02d}.txt").write_text(f"caption number {i}")
   (src / "05.jpg").write_bytes(b"broken")  # skipped: row 5 has no record
-  convert.main([f"--input_format=folder", f"--input={src}", "--num_workers=1",
+  convert.main(["--input_format=folder", f"--input={src}", "--num_workers=1",
                 f"--output_dir={tmp_path / 'shards'}", "--num_shards=3"])
   shards = sources.ArrayRecordImageText(str(tmp_path / "shards"))
   assert len(shards) == 19

@@ -94,4 +94,6 @@ def test_layers():
 
 
 def test_tokenizers_import_as_documented():
-  from cvlg_jax.data.tokenizers import ClipBpeTokenizer  # noqa: F401
+  from cvlg_jax.data import clip_bpe
+  from cvlg_jax.data.tokenizers import ClipBpeTokenizer
+  assert ClipBpeTokenizer is clip_bpe.ClipBpeTokenizer

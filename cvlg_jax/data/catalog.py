@@ -26,8 +26,8 @@ from cvlg_jax.data.classnames import imagenet_subsets
 from cvlg_jax.data.classnames import objects
 from cvlg_jax.data.classnames import readable
 from cvlg_jax.data.classnames import scenes
-from cvlg_jax.data.local_sources import (  # noqa: F401
-    DatasetUnavailable, FileSource, as_rgb, fgvc_aircraft_source, folder_source,
+from cvlg_jax.data.local_sources import (
+    DatasetUnavailable, as_rgb, fgvc_aircraft_source, folder_source,
     karpathy_caption_source, objectnet_source)
 
 

@@ -19,9 +19,10 @@ from cvlg_jax.data.catalog import (  # noqa: F401  (re-exported)
     DatasetUnavailable, open_classification, open_retrieval)
 from cvlg_jax.data.transforms import eval_preprocess
 
-__all__ = ["DatasetUnavailable", "ClassificationData", "open_classification",
-           "open_retrieval", "load_batches", "CLASSIFICATION_SETS",
-           "RETRIEVAL_SETS"]
+__all__ = ["DatasetUnavailable", "ClassificationData", "ClassificationSet",
+           "open_classification", "open_retrieval", "load_batches",
+           "embed_source", "sample_indices", "check_config",
+           "CLASSIFICATION_SETS", "RETRIEVAL_SETS"]
 
 
 def sample_indices(num: int, max_examples: int | None, seed: int = 0):
