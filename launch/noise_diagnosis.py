@@ -30,6 +30,7 @@ import statistics
 import numpy as np
 
 from cvlg_jax import fileio
+from launch import robustness_report
 
 KINDS = ("clean", "swap", "partial", "corrupt")
 
@@ -119,7 +120,8 @@ def render(per_loss: dict, noise: float, batch_size: int) -> str:
         memorised.append(statistics.fmean(noisy["seen"]) -
                          statistics.fmean(noisy["unseen"]))
     pairs = sum(len(v) for v in runs[0].values()) if runs else 0
-    lines.append(f"| {loss.upper()} | {len(runs)} | {pairs} | " + " | ".join(cells)
+    lines.append(f"| {robustness_report.loss_label(loss)} | {len(runs)} | {pairs} | "
+                 + " | ".join(cells)
                  + f" | {_cell(memorised)} |")
   return "\n".join(lines) + "\n"
 
@@ -128,18 +130,18 @@ def diagnose(sweep_path: str, root: str, noise: float, *,
              num_batches: int = 16) -> tuple[str, str]:
   """Diagnoses the finished main-grid runs of ``sweep_path`` at ``noise``;
   returns (markdown, path written)."""
-  from launch import report, robustness_report, spec
+  from launch import report, spec
   sweep = spec.load_sweep(sweep_path)
   root = fileio.absolute(root or spec.default_root(sweep_path))
   results = report.collect(spec.expand(sweep, root))
   per_loss, batch_size = {}, None
-  for (loss, n, extra), runs in sorted(robustness_report.groups(results).items()):
-    if extra or n != noise:
+  for setting, runs in sorted(robustness_report.groups(results).items()):
+    if setting.knobs or setting.noise != noise:
       continue
     for r in runs:
       config = spec.apply_overrides(spec.load_config(sweep.config), r.run.overrides)
       batch_size = config.train.batch_size
-      per_loss.setdefault(loss, []).append(
+      per_loss.setdefault(setting.loss, []).append(
           diagnose_run(config, r.run.workdir, num_batches=num_batches))
   if not per_loss:
     raise FileNotFoundError(f"no finished main-grid run at caption noise "
@@ -152,7 +154,6 @@ def diagnose(sweep_path: str, root: str, noise: float, *,
 
 def main(argv):
   from absl import flags
-  from launch import robustness_report
   del argv
   f = flags.FLAGS
   text, path = diagnose(f.sweep, f.root, f.noise, num_batches=f.batches)

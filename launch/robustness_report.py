@@ -32,7 +32,9 @@ import os
 import re
 import statistics
 
-from cvlg_jax import fileio, plot
+from typing import NamedTuple
+
+from cvlg_jax import fileio, losses, plot
 from launch import spec
 
 LOSS, NOISE, SEED = "loss.name", "data.caption_noise", "train.seed"
@@ -52,13 +54,26 @@ def _extra(overrides: dict) -> tuple:
   return tuple((k, v) for k, v in overrides.items() if k not in (LOSS, NOISE, SEED))
 
 
-def groups(results) -> dict[tuple, list]:
-  """(loss, noise, knobs) -> finished results of that setting (one per seed)."""
-  out: dict[tuple, list] = {}
+class Setting(NamedTuple):
+  """What a group of runs (one per seed) shares."""
+  loss: str          # loss.name
+  noise: float       # data.caption_noise
+  knobs: tuple = ()  # the ablation's other overrides, ((key, value), ...)
+
+
+def loss_label(loss: str) -> str:
+  """"CLIP", "PSD", ... for a loss.name (as losses parses it)."""
+  try:
+    return losses.parse_loss_name(loss).label
+  except ValueError:
+    return loss
+
+
+def groups(results) -> dict[Setting, list]:
+  """Setting -> finished results of that setting (one per seed)."""
+  out: dict[Setting, list] = {}
   for r in results:
-    o = r.run.overrides
-    key = (o.get(LOSS, "?"), float(o.get(NOISE, 0.0)), _extra(o))
-    bucket = out.setdefault(key, [])
+    bucket = out.setdefault(_setting_of(r), [])
     if r.status == "finished":
       bucket.append(r)
   return out
@@ -124,12 +139,12 @@ def main_table(results) -> list[str]:
   header = ["caption noise", "loss", "seeds",
             *(f"{l} (%)" if k != MASS else l for l, k in keys)]
   rows = []
-  for noise in sorted({n for (_, n, extra) in g if not extra}):
-    per_loss = {loss: g[(loss, noise, ())] for loss in ("clip", "psd")
-                if (loss, noise, ()) in g}
+  for noise in sorted({s.noise for s in g if not s.knobs}):
+    per_loss = {loss: g[Setting(loss, noise)] for loss in ("clip", "psd")
+                if Setting(loss, noise) in g}
     for loss, runs in per_loss.items():
-      total = sum(1 for r in results if _same(r, loss, noise))
-      rows.append([f"{noise:g}", loss.upper(), f"{len(runs)}/{total}",
+      total = _count(results, Setting(loss, noise))
+      rows.append([f"{noise:g}", loss_label(loss), f"{len(runs)}/{total}",
                    *(_cell(_values(runs, k).values(), k) for _, k in keys)])
     if len(per_loss) == 2:
       rows.append([f"{noise:g}", "PSD − CLIP", "paired",
@@ -138,10 +153,14 @@ def main_table(results) -> list[str]:
   return _table(header, rows)
 
 
-def _same(r, loss, noise, extra=()) -> bool:
+def _setting_of(r) -> Setting:
   o = r.run.overrides
-  return (o.get(LOSS) == loss and float(o.get(NOISE, 0.0)) == noise
-          and _extra(o) == extra)
+  return Setting(o.get(LOSS, "?"), float(o.get(NOISE, 0.0)), _extra(o))
+
+
+def _count(results, setting: Setting) -> int:
+  """Runs of ``setting``, finished or not."""
+  return sum(1 for r in results if _setting_of(r) == setting)
 
 
 def _knob_label(extra) -> str:
@@ -163,20 +182,21 @@ def ablation_tables(results) -> list[tuple[float, list[str]]]:
   g, keys = groups(results), metric_keys(results)
   zs = keys[0][1] if keys else None
   out = []
-  for noise in sorted({n for (_, n, extra) in g if extra}):
-    main_psd = g.get(("psd", noise, ()), [])
+  for noise in sorted({s.noise for s in g if s.knobs}):
+    clip, psd = Setting("clip", noise), Setting("psd", noise)
+    main_psd = g.get(psd, [])
     header = ["setting", "seeds", *(f"{l} (%)" if k != MASS else l for l, k in keys),
               "Δ zero-shot vs PSD (paired)"]
     rows = []
-    reference = [("CLIP", g.get(("clip", noise, ()), []), ("clip", noise, ())),
-                 (main_psd_label(main_psd), main_psd, ("psd", noise, ()))]
-    ablations = [(_knob_label(extra), runs, (loss, noise, extra))
-                 for (loss, n, extra), runs in g.items() if n == noise and extra]
-    for label, runs, (loss, n, extra) in reference + ablations:
-      total = sum(1 for r in results if _same(r, loss, n, extra))
+    reference = [("CLIP", g.get(clip, []), clip),
+                 (main_psd_label(main_psd), main_psd, psd)]
+    ablations = [(_knob_label(s.knobs), runs, s) for s, runs in g.items()
+                 if s.noise == noise and s.knobs]
+    for label, runs, setting in reference + ablations:
+      total = _count(results, setting)
       if not total:
         continue
-      delta = ("–" if (loss, extra) == ("psd", ()) or zs is None else
+      delta = ("–" if setting == psd or zs is None else
                _cell(_paired(runs, main_psd, zs), zs, signed=True))
       rows.append([label, f"{len(runs)}/{total}",
                    *(_cell(_values(runs, k).values(), k) for _, k in keys),
@@ -238,14 +258,14 @@ def accuracy_figure(results):
   for ax, (label, key) in zip(axes, keys):
     # CLIP a little left of its noise level, PSD right: bars stay apart.
     for loss, marker, dx in (("clip", "s", -0.004), ("psd", "o", 0.004)):
-      points = sorted(((n, mean_std(_values(runs, key).values()))
-                       for (l, n, extra), runs in g.items()
-                       if l == loss and not extra), key=lambda p: p[0])
+      points = sorted(((s.noise, mean_std(_values(runs, key).values()))
+                       for s, runs in g.items()
+                       if s.loss == loss and not s.knobs), key=lambda p: p[0])
       points = [(n, ms) for n, ms in points if ms is not None]
       if points:
         ax.errorbar([n + dx for n, _ in points], [100 * ms[0] for _, ms in points],
                     yerr=[100 * ms[1] for _, ms in points], marker=marker,
-                    capsize=4, label=loss.upper())
+                    capsize=4, label=loss_label(loss))
     ax.set_xlabel("caption noise")
     ax.set_ylabel(f"{label} (%)")
     ax.set_title(label)
@@ -261,15 +281,15 @@ def mass_figure(results):
   fig = Figure(figsize=(10, 3.8))
   left, right = fig.subplots(1, 2, sharey=True)
   panels = ((left, "PSD by caption noise",
-             [(f"noise {n:g}", g[k]) for k in sorted(
-                 k for k in g if k[0] == "psd" and not k[2]) for n in (k[1],)]),)
-  ab_noise = sorted({n for (_, n, extra) in g if extra})
+             [(f"noise {s.noise:g}", g[s]) for s in sorted(
+                 s for s in g if s.loss == "psd" and not s.knobs)]),)
+  ab_noise = sorted({s.noise for s in g if s.knobs})
   if ab_noise:
     n0 = ab_noise[-1]
     panels += ((right, f"PSD ablations at noise {n0:g}",
-                [("main", g.get(("psd", n0, ()), []))] +
-                [(_knob_label(extra), runs) for (l, n, extra), runs in g.items()
-                 if n == n0 and extra]),)
+                [("main", g.get(Setting("psd", n0), []))] +
+                [(_knob_label(s.knobs), runs) for s, runs in g.items()
+                 if s.noise == n0 and s.knobs]),)
   else:
     right.set_visible(False)
   for ax, title, curves in panels:

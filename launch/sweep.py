@@ -51,7 +51,8 @@ STAGES = ("create", "install", "run", "delete")
 default_root = spec.default_root
 
 
-def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool):
+def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool,
+                vm: tpu_vm.TpuVm, source: tpu_vm.CodeSource):
   """[(stage, argv)] for the TPU VM backend, in execution order."""
   unknown = set(stages) - set(STAGES)
   if unknown:
@@ -61,16 +62,15 @@ def tpu_vm_plan(config: str, runs: list[spec.Run], stages, detach: bool):
     raise spec.SweepError("--tpu_detach returns while the runs are still going, so "
                           "a delete stage would kill them; delete the VM later "
                           "with: python -m launch.tpu_vm delete --tpu_name=...")
-  vm = tpu_vm.vm_from_flags()
-  d = flags.FLAGS.remote_dir
   commands = [tpu_vm.train_command(spec.trainer_flags(config, r.workdir,
-                                                      r.overrides), d)
+                                                      r.overrides),
+                                   source.remote_dir)
               for r in runs]
   plan = []
   if "create" in stages:
     plan.append(("create", vm.create()))
   if "install" in stages:
-    plan += [("install", c) for c in tpu_vm.install_commands(vm)]
+    plan += [("install", c) for c in tpu_vm.install_commands(vm, source)]
   if "run" in stages:
     if detach:
       plan.append(("run", vm.ssh(tpu_vm.detached(commands))))
@@ -137,7 +137,8 @@ def _main():
     return
 
   tpu_vm.check_gcs(root)
-  plan = tpu_vm_plan(sweep.config, runs, _STAGES.value, _DETACH.value)
+  plan = tpu_vm_plan(sweep.config, runs, _STAGES.value, _DETACH.value,
+                     tpu_vm.vm_from_flags(), tpu_vm.source_from_flags())
   sys.exit(run_tpu_vm(plan, _DRY_RUN.value))
 
 

@@ -164,18 +164,31 @@ def define_flags() -> None:
   flags.DEFINE_string("remote_dir", "cvlg_jax", "Checkout directory on workers.")
 
 
+@dataclasses.dataclass(frozen=True)
+class CodeSource:
+  """Where the workers' checkout comes from and where it goes."""
+  repo_url: str = ""          # empty: the local committed HEAD (git archive + scp)
+  git_ref: str = ""
+  remote_dir: str = "cvlg_jax"
+
+
 def vm_from_flags() -> TpuVm:
   f = flags.FLAGS
   return TpuVm(f.tpu_name, f.zone, f.accelerator_type, f.runtime_version,
                f.project, f.spot)
 
 
-def install_commands(vm: TpuVm) -> list[list[str]]:
+def source_from_flags() -> CodeSource:
   f = flags.FLAGS
+  return CodeSource(f.repo_url, f.git_ref, f.remote_dir)
+
+
+def install_commands(vm: TpuVm, source: CodeSource) -> list[list[str]]:
   cmds = []
-  if not f.repo_url:
+  if not source.repo_url:
     cmds += [archive_command(), vm.scp(f"/tmp/{ARCHIVE}", ARCHIVE)]
-  cmds.append(vm.ssh(install_script(f.repo_url, f.git_ref, f.remote_dir)))
+  cmds.append(vm.ssh(install_script(source.repo_url, source.git_ref,
+                                    source.remote_dir)))
   return cmds
 
 
@@ -197,31 +210,33 @@ def main(argv):
     raise SystemExit(f"usage: python -m launch.tpu_vm {{{'|'.join(ACTIONS)}}} "
                      "[flags] [-- trainer flags]")
   try:
-    cmds = plan(argv[1], argv[2:])
+    cmds = plan(argv[1], argv[2:], vm_from_flags(), source_from_flags(),
+                workdir=f.workdir, logdir=f.logdir, detach=f.detach)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   sys.exit(execute(cmds, f.dry_run))
 
 
-def plan(action: str, rest: list[str]) -> list[list[str]]:
-  """The commands of one CLI action (``rest``: trainer flags for ``run``)."""
-  f = flags.FLAGS
-  vm = vm_from_flags()
+def plan(action: str, rest: list[str], vm: TpuVm, source: CodeSource, *,
+         workdir: str = "", logdir: str = "", detach: bool = False
+         ) -> list[list[str]]:
+  """The commands of one CLI action (``rest``: trainer flags for ``run``;
+  ``workdir``/``detach`` for run, ``logdir`` for tensorboard)."""
   if action == "create":
     cmds = [vm.create()]
   elif action == "install":
-    cmds = install_commands(vm)
+    cmds = install_commands(vm, source)
   elif action == "run":
-    check_gcs(f.workdir)
+    check_gcs(workdir)
     if not any(a.startswith("--config=") for a in rest):
       raise ValueError("run: pass trainer flags after '--', at least "
                        "--config=configs/<file>.py")
-    command = train_command([*rest, f"--workdir={f.workdir}"], f.remote_dir)
-    cmds = [vm.ssh(detached([command]) if f.detach else command)]
+    command = train_command([*rest, f"--workdir={workdir}"], source.remote_dir)
+    cmds = [vm.ssh(detached([command]) if detach else command)]
   elif action == "tensorboard":
-    check_gcs(f.logdir)
-    cmds = [vm.ssh(tensorboard_command(f.logdir), "0",
+    check_gcs(logdir)
+    cmds = [vm.ssh(tensorboard_command(logdir), "0",
                    "-L 6006:localhost:6006")]
   elif action == "describe":
     cmds = [vm.describe()]

@@ -12,8 +12,7 @@ from PIL import Image
 from cvlg_jax.data import pipeline, tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import cc3m  # noqa: E402
+from configs import cc3m
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
            JAX_PLATFORMS="cpu")

@@ -11,8 +11,7 @@ import pytest
 from cvlg_jax import evaluate, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import demo  # noqa: E402
+from configs import demo
 
 
 @pytest.fixture(scope="module")

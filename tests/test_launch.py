@@ -377,3 +377,19 @@ def test_local_backend_runs_k_at_a_time_and_reports_failures(tmp_path, monkeypat
     running += 1 if kind == "+" else -1
     peak = max(peak, running)
   assert peak == 2 and len(events) == 6
+
+
+def test_tpu_vm_plan_takes_its_settings_as_arguments():
+  """No absl flags needed: the plan is a function of the VM and code source."""
+  vm = tpu_vm.TpuVm("t", "z", "v4-8", "rt")
+  src = tpu_vm.CodeSource(repo_url="https://example.invalid/x.git", git_ref="v1",
+                          remote_dir="code")
+  (install,) = tpu_vm.plan("install", [], vm, src)
+  assert "git clone" in install[-1] and "v1" in install[-1]
+  archived = tpu_vm.plan("install", [], vm, tpu_vm.CodeSource())
+  assert len(archived) == 3 and "git" in archived[0][0]  # archive, scp, ssh
+  (run,) = tpu_vm.plan("run", ["--config=configs/demo.py"], vm, src,
+                       workdir="gs://b/r", detach=True)
+  assert "--workdir=gs://b/r" in run[-1] and "nohup" in run[-1]
+  with pytest.raises(ValueError, match="--config"):
+    tpu_vm.plan("run", [], vm, src, workdir="gs://b/r")

@@ -201,3 +201,58 @@ def test_alpha_schedule():
   assert f(15, steps_per_epoch=10) == pytest.approx(0.05)
   assert f(19, steps_per_epoch=10) == pytest.approx(0.05)
   assert f(20, steps_per_epoch=10) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------ SigLIP ---
+
+def _log_sigmoid(x):
+  return -np.logaddexp(0.0, -x)
+
+
+def numpy_siglip(u, v, s, b, alpha, mask, temperature):
+  """Sigmoid loss with explicit PSD-mixed label matrices, both directions."""
+  x = s * u.astype(np.float64) @ v.astype(np.float64).T + b
+  eye = np.eye(len(u))
+  a = alpha * mask.astype(np.float64)[:, None]
+  total = 0.0
+  for X in (x, x.T):
+    labels = (1 - a) * eye + a * _softmax((X - b) / temperature)
+    pair = -(labels * _log_sigmoid(X) + (1 - labels) * _log_sigmoid(-X))
+    total += pair.sum(1).mean()
+  return total / 2
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+@pytest.mark.parametrize("alpha,temperature", [(0.0, 1.0), (0.6, 0.5)])
+def test_siglip_equals_numpy_reference(alpha, temperature, chunk):
+  u, v = _embeddings(16, 8, seed=0)
+  mask = np.random.default_rng(1).random(16) < 0.5
+  loss, metrics = losses.contrastive_loss(
+      u, v, 10.0, logit_bias=jnp.float32(-3.0), alpha=alpha, distill_mask=mask,
+      teacher_temperature=temperature, kind="sigmoid", chunk_size=chunk)
+  np.testing.assert_allclose(
+      loss, numpy_siglip(u, v, 10.0, -3.0, alpha, mask, temperature), rtol=1e-5)
+  # Without distillation it is SigLIP's sum over pairs / N with z = 2I - 1.
+  x = 10.0 * u.astype(np.float64) @ v.T - 3.0
+  siglip = -_log_sigmoid((2 * np.eye(16) - 1) * x).sum() / 16
+  np.testing.assert_allclose(metrics["clip_loss"], siglip, rtol=1e-5)
+  if alpha:
+    assert abs(loss - siglip) > 1e-3  # the soft labels really change the loss
+
+
+def test_sigmoid_needs_a_bias_and_chunks_must_divide():
+  u, v = _embeddings(12, 4, seed=2)
+  with pytest.raises(ValueError, match="logit_bias"):
+    losses.contrastive_loss(u, v, 10.0, kind="sigmoid")
+  with pytest.raises(ValueError, match="chunk_size=5 must divide the 12"):
+    losses.contrastive_loss(u, v, 10.0, chunk_size=5)
+
+
+def test_plain_clip_path_equals_psd_with_zero_alpha():
+  """distill=False (no teacher work) is CLIP exactly; so is alpha = 0."""
+  u, v = _embeddings(16, 8, seed=3)
+  f = lambda distill, **kw: jax.value_and_grad(  # noqa: E731
+      lambda u: losses.contrastive_loss(u, v, 12.0, distill=distill, **kw)[0])(u)
+  (plain, g_plain), (psd, g_psd) = f(False), f(True, alpha=0.0)
+  np.testing.assert_allclose(plain, psd, rtol=1e-6)
+  np.testing.assert_allclose(g_plain, g_psd, rtol=1e-5, atol=1e-7)

@@ -2,8 +2,6 @@
 sizes (tiny shapes, 8 CPU devices). One initialisation is shared by the file:
 compiling is what costs time here."""
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +14,7 @@ from cvlg_jax import losses, sharding, train_step
 from cvlg_jax.data import pipeline
 from cvlg_jax.models.registry import build_model
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import demo  # noqa: E402
+from configs import demo
 
 
 def _config(**overrides):

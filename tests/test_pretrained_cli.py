@@ -19,12 +19,11 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from cvlg_jax import checkpointing, pretrained as cli, train  # noqa: E402
-from open_clip_fixtures import open_clip_bpe, randomize_batch_norm  # noqa: E402
+from cvlg_jax import checkpointing, pretrained as cli, train
+from open_clip_fixtures import open_clip_bpe, randomize_batch_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import finetune  # noqa: E402
+from configs import finetune
 
 # rn_tiny + text_tiny: ResNet width 16 (features 512, 512 / 256 = 2 heads).
 TINY = dict(embed_dim=64,

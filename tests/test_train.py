@@ -14,8 +14,7 @@ from cvlg_jax import sharding, train
 from cvlg_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import demo  # noqa: E402
+from configs import demo
 
 
 def tiny_config(**overrides):
