@@ -110,11 +110,7 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
   c.optim.weight_decay = 0.1
   c.optim.grad_clip_norm = 1.0
 
-  eval_dir = args.get("eval_data_dir") or None
-  suite = (eval_suite.paper_suite(eval_dir) if args.get("evals") == "paper"
-           else eval_suite.during_training(eval_dir))
-  for name, entry in suite.items():
-    c.eval[name] = entry
+  eval_suite.add_to(c, args)
 
   if args.get("smoke"):  # tests: tiny model, tiny images, builtin tokenizer
     c.model.name, c.model.dtype = args.get("model", "tiny"), "float32"

@@ -39,3 +39,13 @@ def paper_suite(data_dir=None, probe_max_train=None):
   for name in RETRIEVAL_SETS:
     entries[f"ret_{name}"] = dict(type="retrieval", dataset=name, data_dir=data_dir)
   return entries
+
+
+def add_to(config, args) -> None:
+  """The suite a config arg asks for (``evals=paper`` or the cheap
+  during-training set; ``eval_data_dir``) as ``config.eval`` entries."""
+  data_dir = args.get("eval_data_dir") or None
+  suite = (paper_suite(data_dir) if args.get("evals") == "paper"
+           else during_training(data_dir))
+  for name, entry in suite.items():
+    config.eval[name] = entry

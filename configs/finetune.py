@@ -78,11 +78,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = min(500, c.train.steps // 10)
   c.optim.weight_decay = 0.1
 
-  eval_dir = args.get("eval_data_dir") or None
-  suite = (eval_suite.paper_suite(eval_dir) if args.get("evals") == "paper"
-           else eval_suite.during_training(eval_dir))
-  for name, entry in suite.items():
-    c.eval[name] = entry
+  eval_suite.add_to(c, args)
 
   if args.get("smoke"):  # tests: synthetic data, float32, a few steps
     c.model.dtype = "float32"

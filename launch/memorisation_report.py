@@ -233,17 +233,6 @@ def render(results) -> str:
   return "\n".join(lines)
 
 
-def _mean_curve(runs, key):
-  per_run = [dict(zip(*plot.series(plot.read_metrics(r.run.workdir), key)))
-             for r in runs]
-  per_run = [p for p in per_run if p]
-  if not per_run:
-    return [], [], []
-  steps = sorted(set.intersection(*(set(p) for p in per_run)))
-  stats = [rr.mean_std([p[s] for p in per_run]) for s in steps]
-  return steps, [m for m, _ in stats], [s for _, s in stats]
-
-
 def curves_figure(results):
   from matplotlib.figure import Figure
   from launch.sweeps import memorisation as sweep
@@ -257,7 +246,7 @@ def curves_figure(results):
       ax = axes[row][col]
       for m in METHODS:
         setting = Setting(Method(m, None if m == "clip" else sweep.SCHEDULE[m]), noise)
-        steps, mean, std = _mean_curve(g.get(setting, []), key)
+        steps, mean, std = rr.mean_curve(g.get(setting, []), key)
         if steps:
           ax.plot(steps, [100 * v for v in mean], label=LABELS[m])
           ax.fill_between(steps, [100 * (v - s) for v, s in zip(mean, std)],

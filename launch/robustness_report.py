@@ -237,7 +237,7 @@ def render(results) -> str:
   return "\n".join(lines)
 
 
-def _curves(runs, key) -> tuple[list, list, list]:
+def mean_curve(runs, key) -> tuple[list, list, list]:
   """(steps, mean, std) over runs at the steps every run logged."""
   per_run = [dict(zip(*plot.series(plot.read_metrics(r.run.workdir), key)))
              for r in runs]
@@ -294,7 +294,7 @@ def mass_figure(results):
     right.set_visible(False)
   for ax, title, curves in panels:
     for label, runs in curves:
-      steps, mean, std = _curves(runs, MASS)
+      steps, mean, std = mean_curve(runs, MASS)
       if steps:
         ax.plot(steps, mean, label=f"{label} (n={len(runs)})")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)],

@@ -145,6 +145,20 @@ def safe_name(text: str) -> str:
   return f"{safe[:MAX_NAME_LEN - 11]}-{digest}"
 
 
+def split_sweep_arg(arg: str | None, own_keys) -> tuple[dict, str]:
+  """``"seeds=2,dataset=x"`` -> ({"seeds": "2"}, ``"dataset=x"``): the keys
+  a sweep file reads itself (``own_keys``), and the rest -- its config's
+  argument -- in order."""
+  own, rest = {}, []
+  for item in (arg or "").split(","):
+    key, _, value = item.partition("=")
+    if key in own_keys:
+      own[key] = value
+    elif item:
+      rest.append(item)
+  return own, ",".join(rest)
+
+
 def split_config(spec: str) -> tuple[str, str | None]:
   path, _, arg = spec.partition(":")
   return path, (arg or None)

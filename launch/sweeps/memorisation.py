@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch import memorisation_report
+from launch import memorisation_report, spec
 from launch.spec import Sweep
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
@@ -63,15 +63,8 @@ def _run(variant, schedule, noise, seed, steps) -> dict:
 
 
 def split_arg(arg: str | None) -> tuple[dict, str]:
-  """The sweep's own keys, and the rest (for the config) in order."""
-  own, rest = {}, []
-  for item in (arg or "").split(","):
-    key, _, value = item.partition("=")
-    if key in SWEEP_ARGS:
-      own[key] = value
-    elif item:
-      rest.append(item)
-  return own, ",".join(rest)
+  """This sweep's own keys, and the rest for its config, in order."""
+  return spec.split_sweep_arg(arg, SWEEP_ARGS)
 
 
 def get_sweep(arg: str | None = None) -> Sweep:

@@ -27,7 +27,7 @@ caption noise; PSD's soft-target mass on the positive during training).
 
 from __future__ import annotations
 
-from launch import robustness_report
+from launch import robustness_report, spec
 from launch.spec import Sweep, grid, product
 
 CONFIG = "configs/robustness.py"
@@ -53,16 +53,8 @@ SWEEP_ARGS = ("seeds", "ablations", "noises")
 
 
 def split_arg(arg: str | None) -> tuple[dict, str]:
-  """``"seeds=2,dataset=x"`` -> ({"seeds": "2"}, ``"dataset=x"``): the keys
-  this sweep reads, and the rest for configs/robustness.py, in order."""
-  own, rest = {}, []
-  for item in (arg or "").split(","):
-    key, _, value = item.partition("=")
-    if key in SWEEP_ARGS:
-      own[key] = value
-    elif item:
-      rest.append(item)
-  return own, ",".join(rest)
+  """This sweep's own keys, and the rest for its config, in order."""
+  return spec.split_sweep_arg(arg, SWEEP_ARGS)
 
 
 def get_sweep(arg: str | None = None) -> Sweep:
