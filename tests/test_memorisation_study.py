@@ -22,15 +22,19 @@ def _runs(root, arg=""):
 def test_sweep_stages_share_runs_and_schedules_reach_the_config(tmp_path):
   root = str(tmp_path)
   select, main = _runs(root, "stage=select"), _runs(root)
-  assert len(select) == 6 and len(main) == 36
+  assert len(select) == 6 and len(main) == 36 + 2
   methods = {mr.method_of(r.overrides, r.steps) for r in select}
   assert methods == {mr.Method("clip", None), mr.Method("self", "paper"),
                      *(mr.Method(t, s) for t in ("ema", "bank")
                        for s in ("paper", "early"))}
   # The main grid's runs of the chosen schedules are the selection's runs
   # (same workdir), so the second stage does not redo them.
+  # The main stage also holds the two schedules not chosen (so its report
+  # shows the selection): every selection run is a main-stage run.
   shared = {r.workdir for r in select} & {r.workdir for r in main}
-  assert len(shared) == 4  # clip, self, ema and bank at their chosen schedule
+  assert len(shared) == 6
+  grid = _runs(root, "noises=0.0+0.2")  # no selection runs without noise 0.4
+  assert len(grid) == 24
   bank = next(r for r in main if r.overrides.get("loss.psd.teacher") == "bank")
   cfg = spec.apply_overrides(spec.load_config("configs/memorisation.py"),
                              bank.overrides)
@@ -39,7 +43,7 @@ def test_sweep_stages_share_runs_and_schedules_reach_the_config(tmp_path):
   assert cfg.data.num_train == 2048 and cfg.data.num_heldout == 256
   assert cfg.train.steps == 800 and cfg.loss.psd.ema_decay == 1 - 1 / 16
   assert set(cfg.eval) == {"synthetic", "memorisation", "heldout"}
-  assert len(_runs(root, "seeds=1,noises=0.4")) == 4
+  assert len(_runs(root, "seeds=1,noises=0.4")) == 4 + 2
   with pytest.raises(ValueError, match="schedule='fast'"):
     spec.load_config("configs/memorisation.py:schedule=fast")
   with pytest.raises(ValueError, match="stage='both'"):

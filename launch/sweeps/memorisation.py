@@ -17,7 +17,9 @@ Two stages on one root (runs shared between them are run once):
     on), and ``SCHEDULE`` below records the winner: nothing is chosen on the
     evaluation sets.
   * main grid: CLIP and PSD with each teacher (self, ema, bank; schedule from
-    ``SCHEDULE``) x caption noise {0, 0.2, 0.4} x seeds {0, 1, 2}.
+    ``SCHEDULE``) x caption noise {0, 0.2, 0.4} x seeds {0, 1, 2}, plus the
+    selection runs it does not hold (the schedules not chosen), so its report
+    shows the selection table too; after ``stage=select`` they are done.
 Other sweep-argument keys go to the config (``dataset=``, ``steps=``, ...);
 ``seeds=N`` and ``noises=A+B`` (the sweep's own) make a cheaper grid.
 """
@@ -73,12 +75,13 @@ def get_sweep(arg: str | None = None) -> Sweep:
   if stage not in ("select", "main"):
     raise ValueError(f"memorisation: stage={stage!r}; allowed: select, main")
   steps = memorisation_config.get_config(config_arg or None).train.steps
-  if stage == "select":
-    runs = [_run("clip", None, SELECT_NOISE, SELECT_SEED, steps),
+  select = [_run("clip", None, SELECT_NOISE, SELECT_SEED, steps),
             _run("self", SCHEDULE["self"], SELECT_NOISE, SELECT_SEED, steps)]
-    runs += [_run(teacher, schedule, SELECT_NOISE, SELECT_SEED, steps)
+  select += [_run(teacher, schedule, SELECT_NOISE, SELECT_SEED, steps)
              for teacher in ("ema", "bank")
              for schedule in memorisation_config.SCHEDULES]
+  if stage == "select":
+    runs = select
   else:
     seeds = SEEDS[:int(own.get("seeds", len(SEEDS)))]
     noises = ([float(n) for n in own["noises"].split("+")] if "noises" in own
@@ -86,5 +89,9 @@ def get_sweep(arg: str | None = None) -> Sweep:
     runs = [_run(variant, SCHEDULE.get(variant), noise, seed, steps)
             for seed in seeds for noise in noises
             for variant in ("clip", *TEACHERS)]
+    # The selection runs the grid does not hold (the schedules not chosen)
+    # come last, so that one report shows the choice beside its outcome.
+    if SELECT_SEED in seeds and SELECT_NOISE in noises:
+      runs += [r for r in select if r not in runs]
   return Sweep(config=CONFIG + (f":{config_arg}" if config_arg else ""),
                runs=runs, report=memorisation_report.write)
