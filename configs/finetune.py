@@ -16,15 +16,17 @@ checkpoint), ``data_dir`` (ArrayRecord shards from ``cvlg_jax.data.convert``),
 (rows in the shards: sets steps per epoch), ``model`` (vit_b32 | vit_b16 |
 vit_l14 | rn50), ``activation`` (quick_gelu for OpenAI's weights, gelu for
 open_clip's own), ``loss`` (psd | clip), ``epochs``, ``batch``, ``lr``,
-``dtype``, ``image_size``, ``eval_data_dir`` (TFDS data_dir of the eval
+``dtype``, ``image_size``, ``teacher`` / ``schedule`` (PSD), ``eval_data_dir`` (TFDS data_dir of the eval
 sets), ``evals=paper``, ``eval_only`` (for ``cvlg_jax.evaluate`` without
 training data), ``smoke`` (a seconds-long run on synthetic data, for tests).
 
 Recipe: the usual CLIP fine-tuning one (open_clip / WiSE-FT): AdamW with a
 small peak learning rate (1e-5) after a 500-step warm-up, cosine decay, weight
-decay 0.1, batch 512; PSD with the defaults (α_T 0.5 over all steps, half
-the batch distilled). A released model is a good teacher from step 0, so
-unlike pre-training the soft targets are informative from the start.
+decay 0.1, batch 512; PSD as every shipped config runs it (configs/common.py
+DEFAULT_PSD: the embedding-bank teacher, alpha_T 0.8 on every row after a
+quarter of training). The bank holds nothing in the first epoch (one-hot
+targets); ``teacher=ema`` distils from step 0, since a released model is
+already a good teacher, at the cost of one more forward pass.
 """
 
 import os
@@ -32,7 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import eval_suite  # noqa: E402
-from configs.common import parse_arg  # noqa: E402
+from configs.common import DEFAULT_PSD, parse_arg, set_psd  # noqa: E402
 from cvlg_jax.config import base_config  # noqa: E402
 
 
@@ -40,7 +42,8 @@ ARGS = {"init_from": str, "data_dir": str, "vocab": str, "num_examples": int,
         "model": str, "activation": str, "loss": str, "epochs": int,
         "batch": int, "lr": float, "dtype": str, "image_size": int,
         "context_length": int, "workers": int, "eval_data_dir": str,
-        "evals": str, "eval_only": bool, "smoke": bool, "steps": int}
+        "evals": str, "eval_only": bool, "smoke": bool, "steps": int,
+        "teacher": str, "schedule": str}
 
 
 def get_config(arg=None):
@@ -91,4 +94,6 @@ def get_config(arg=None):
     c.train.eval_every = 1000
     c.optim.warmup_steps = 0
     c.eval = {}
+  set_psd(c, args.get("teacher", DEFAULT_PSD[0]),
+          args.get("schedule", DEFAULT_PSD[1]), "configs/finetune.py")
   return c

@@ -53,7 +53,7 @@ NUM_TRAIN = 2048
 NUM_HELDOUT = 256
 STEPS = 800
 # name -> (alpha_final, subset_fraction, ramp as a fraction of train.steps)
-SCHEDULES = {"paper": (0.5, 0.5, 1.0), "early": (0.8, 1.0, 0.25)}
+SCHEDULES = common.PSD_SCHEDULES
 
 
 def get_config(arg=None):

@@ -263,3 +263,24 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
     memorisation.get_config("teachr=bank")
   args = {"clip": True, "noise": 0.4, "flip": False, "dataset": "folder:/x"}
   assert common.parse_arg(common.format_arg(args), robustness.ARGS, "x") == args
+
+
+def test_shipped_psd_configs_use_the_study_default_and_the_first_study_is_pinned():
+  """demo, the paper configs and fine-tuning run the memorisation study's
+  choice (configs/common.DEFAULT_PSD); configs/robustness.py keeps the first
+  study's PSD (same-pass teacher, the paper schedule), so its runs reproduce."""
+  from configs import cc3m, common, finetune, robustness
+  assert common.DEFAULT_PSD == ("bank", "early")
+  alpha, fraction, ramp = common.PSD_SCHEDULES["early"]
+  for c in (demo.get_config(), cc3m.get_config("data_dir=/d,epochs=2"),
+            finetune.get_config("smoke,steps=40")):
+    psd = c.loss.psd
+    assert (c.loss.name, psd.teacher, psd.alpha_final, psd.subset_fraction,
+            psd.ramp_steps) == ("psd", "bank", alpha, fraction,
+                                round(ramp * c.train.steps))
+  assert demo.get_config("teacher=ema,schedule=paper").loss.psd.teacher == "ema"
+  with pytest.raises(ValueError, match="configs/demo.py: schedule='slow'"):
+    demo.get_config("schedule=slow")
+  psd = robustness.get_config().loss.psd
+  assert (psd.teacher, psd.alpha_final, psd.subset_fraction, psd.ramp_steps) == (
+      "self", 0.5, 0.5, -1)
