@@ -17,8 +17,9 @@ checkpoint), ``data_dir`` (ArrayRecord shards from ``cvlg_jax.data.convert``),
 vit_l14 | rn50), ``activation`` (quick_gelu for OpenAI's weights, gelu for
 open_clip's own), ``loss`` (psd | clip), ``epochs``, ``batch``, ``lr``,
 ``dtype``, ``image_size``, ``teacher`` / ``schedule`` (PSD),
-``eval_data_dir`` (TFDS data_dir of the eval sets), ``evals=paper``, ``eval_only`` (for ``cvlg_jax.evaluate`` without
-training data), ``smoke`` (a seconds-long run on synthetic data, for tests).
+``eval_data_dir`` (TFDS data_dir of the eval sets), ``evals=paper``,
+``eval_only`` (for ``cvlg_jax.evaluate`` without training data), ``smoke``
+(a seconds-long run on synthetic data, for tests).
 
 Recipe: the usual CLIP fine-tuning one (open_clip / WiSE-FT): AdamW with a
 small peak learning rate (1e-5) after a 500-step warm-up, cosine decay, weight
