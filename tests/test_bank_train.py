@@ -24,7 +24,7 @@ BANK_FLAGS = ("--config.loss.psd.teacher=bank", "--config.data.num_train=40",
 
 
 def _config():
-  c = demo.get_config("tiny")
+  c = demo.get_config("tiny,schedule=paper")  # half the batch distilled
   c.eval = {}
   c.data.image_size, c.data.context_length, c.data.num_train = 16, 8, 40
   c.train.batch_size = 16

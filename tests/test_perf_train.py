@@ -18,7 +18,7 @@ from configs import demo
 
 
 def _config(**overrides):
-  c = demo.get_config("tiny")
+  c = demo.get_config("tiny,teacher=self,schedule=paper")  # the design PSD
   c.eval = {}
   c.data.image_size, c.data.context_length = 16, 8
   c.optim.warmup_steps = 0          # a real update from the first step

@@ -18,7 +18,7 @@ from configs import demo
 
 
 def tiny_config(**overrides):
-  c = demo.get_config("tiny")
+  c = demo.get_config("tiny,teacher=self,schedule=paper")  # the design PSD
   c.eval = {}
   for key, value in overrides.items():
     group, name = key.split(".", 1)
