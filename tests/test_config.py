@@ -266,14 +266,17 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
 
 
 def test_shipped_psd_configs_use_the_study_default_and_the_first_study_is_pinned():
-  """demo, the paper configs and fine-tuning run the memorisation study's
-  choice (configs/common.DEFAULT_PSD); configs/robustness.py keeps the first
-  study's PSD (same-pass teacher, the paper schedule), so its runs reproduce."""
+  """The paper configs run the memorisation study's choice
+  (configs/common.DEFAULT_PSD), the short runs (demo, fine-tuning) the bank
+  with the design's ramp; configs/robustness.py keeps the first study's PSD
+  (same-pass teacher, the paper schedule), so its runs reproduce."""
   from configs import cc3m, common, finetune, robustness
   assert common.DEFAULT_PSD == ("bank", "early")
-  alpha, fraction, ramp = common.PSD_SCHEDULES["early"]
-  for c in (demo.get_config(), cc3m.get_config("data_dir=/d,epochs=2"),
-            finetune.get_config("smoke,steps=40")):
+  assert common.SHORT_RUN_PSD == ("bank", "paper")
+  for c, schedule in ((cc3m.get_config("data_dir=/d,epochs=2"), "early"),
+                      (demo.get_config(), "paper"),
+                      (finetune.get_config("smoke,steps=40"), "paper")):
+    alpha, fraction, ramp = common.PSD_SCHEDULES[schedule]
     psd = c.loss.psd
     assert (c.loss.name, psd.teacher, psd.alpha_final, psd.subset_fraction,
             psd.ramp_steps) == ("psd", "bank", alpha, fraction,

@@ -60,8 +60,8 @@ def test_run_record_holds_config_code_versions_and_devices(poisoned_run):
   config = json.load(open(workdir / "config.json"))
   assert config["train"]["debug_poison_step"] == 10  # the override, resolved
   assert config["model"]["name"] == "tiny" and config["eval"] == {}
-  psd = config["loss"]["psd"]  # the shipped default (configs/common.DEFAULT_PSD)
-  assert (psd["teacher"], psd["alpha_final"]) == ("bank", 0.8)
+  psd = config["loss"]["psd"]  # demo.py's (configs/common.SHORT_RUN_PSD)
+  assert (psd["teacher"], psd["alpha_final"]) == ("bank", 0.5)
   info = json.load(open(workdir / "run_info.json"))
   assert info["cvlg_jax"] == cvlg_jax.__version__
   head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
