@@ -67,14 +67,7 @@ def get_config(arg=None):
   c.train.steps = args.get("steps", STEPS)
   c.train.eval_every = 50
   c.train.checkpoint_every = c.train.steps
-  c.loss.psd.teacher = args.get("teacher", "self")
   c.loss.psd.teacher_temperature = args.get("T", 1.0)
-  schedule = args.get("schedule", "paper")
-  if schedule not in SCHEDULES:
-    raise ValueError(f"configs/memorisation.py: schedule={schedule!r}; "
-                     f"allowed: {', '.join(SCHEDULES)}")
-  alpha, fraction, ramp = SCHEDULES[schedule]
-  c.loss.psd.alpha_final, c.loss.psd.subset_fraction = alpha, fraction
   c.eval.memorisation = dict(type="memorisation", num_examples=500)
   c.eval.heldout = dict(type="heldout")
   if args.get("tiny"):
@@ -82,7 +75,8 @@ def get_config(arg=None):
     c.train.steps = args.get("steps", 6)
     c.train.eval_every = c.train.checkpoint_every = 3
     c.eval.memorisation.num_examples = 20
-  c.loss.psd.ramp_steps = max(1, round(ramp * c.train.steps))
+  common.set_psd(c, args.get("teacher", "self"), args.get("schedule", "paper"),
+                 "configs/memorisation.py")
   per_epoch = max(1, (_source_size(c, real) - c.data.num_heldout)
                   // c.train.batch_size)
   c.loss.psd.ema_decay = 1.0 - 1.0 / per_epoch
