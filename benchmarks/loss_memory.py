@@ -14,7 +14,7 @@ logit scale (and bias for SigLIP). Dense holds n x N logits per device
 
 The bank (``loss.psd.teacher=bank``) holds one row per training example:
 its size per device for the paper's data sets is the formula of
-``cvlg_jax.bank.bytes_per_device``; the compiled read + write of one step on
+``cvlg_jax.step.bank.bytes_per_device``; the compiled read + write of one step on
 a CC3M-sized bank shows what it costs on top (``--bank_examples``): the
 bank's buffers are arguments updated in place (donated), and the step's
 temporaries are O(batch x d), not O(bank).
@@ -33,7 +33,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from cvlg_jax import bank, losses, sharding  # noqa: E402
+from cvlg_jax.step import bank, sharding  # noqa: E402
+from cvlg_jax import losses
 
 LOSSES = {"clip": ("softmax", False), "psd": ("softmax", True),
           "siglip": ("sigmoid", False), "siglip_psd": ("sigmoid", True)}
@@ -62,7 +63,7 @@ GiB = 2 ** 30
 
 def bank_step_bytes(mesh, num_examples, dim, batch, dtype="bfloat16"):
   """Per-device bytes of one step's bank work, compiled as the train step
-  runs it (cvlg_jax.train_step): the read on its own, then the write with the
+  runs it (cvlg_jax.step.train_step): the read on its own, then the write with the
   bank donated. Returns (read temporaries, write's new buffers + temporaries,
   and the same for read and write compiled as one program)."""
   rows = sharding.batch_sharding(mesh)

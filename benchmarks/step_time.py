@@ -34,7 +34,9 @@ import numpy as np  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 
-from cvlg_jax import config as config_lib, losses, sharding, train_step  # noqa: E402
+from cvlg_jax import config as config_lib, losses  # noqa: E402
+from cvlg_jax.step import sharding, train_state, train_step
+from cvlg_jax.step.plan import make_plan
 
 
 def parse_args(argv=None):
@@ -64,7 +66,7 @@ def make_config(args, loss, chunk, teacher="self"):
   c.loss.psd.teacher = teacher
   c.train.batch_size = args.batch_size
   c.mesh.data, c.mesh.fsdp = -1, args.fsdp
-  config_lib.validate(c, num_devices=jax.device_count())
+  config_lib.validate(c)
   return c
 
 
@@ -106,15 +108,16 @@ def step_runners(args, variants):
   runners, params, batch, mesh = {}, None, None, None
   for loss, chunk, teacher in variants:
     config = make_config(args, loss, chunk, teacher)
-    tokenizer, model, tx, schedule = train_step.build(config)
+    plan = make_plan(config, jax.device_count())
+    tokenizer, model, tx, schedule = train_state.build(plan)
     if mesh is None:
       mesh = sharding.make_mesh(config.mesh)
       batch = sharding.shard_batch(random_batch(config, tokenizer.vocab_size), mesh)
-    state, shardings = train_step.init_state(config, model, tx, mesh)
+    state, shardings = train_state.init_state(plan, model, tx, mesh)
     if params is None:
       params = jax.device_get(state.params)  # steps donate their state
     state = state.replace(params=jax.device_put(params, shardings.params))
-    step = train_step.make_train_step(config, model, tx, schedule, mesh,
+    step = train_step.make_train_step(plan, model, tx, schedule, mesh,
                                       shardings)
     t0 = time.perf_counter()
     first = jax.block_until_ready(step(state, batch))  # compiles

@@ -77,7 +77,9 @@ def jax_side(args):
   os.environ["XLA_FLAGS"] = " ".join(
       f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
   import jax
-  from cvlg_jax import config as config_lib, sharding, train_step
+  from cvlg_jax import config as config_lib
+  from cvlg_jax.step import sharding, train_state, train_step
+  from cvlg_jax.step.plan import make_plan
   c = config_lib.base_config()
   c.model.name = MODEL
   c.loss.name, c.loss.chunk_size = "clip", 0
@@ -88,15 +90,16 @@ def jax_side(args):
   c.optim.b1, c.optim.b2, c.optim.eps = *BETAS, EPS
   c.optim.grad_clip_norm = CLIP_NORM
   c.train.batch_size, c.train.steps = args.batch_size, 10_000
-  config_lib.validate(c, num_devices=jax.device_count())
-  _, model, tx, schedule = train_step.build(c)
+  config_lib.validate(c)
+  plan = make_plan(c, jax.device_count())
+  _, model, tx, schedule = train_state.build(plan)
   mesh = sharding.make_mesh(c.mesh)
-  state, shardings = train_step.init_state(c, model, tx, mesh)
+  state, shardings = train_state.init_state(plan, model, tx, mesh)
   images, tokens = random_batch(args.batch_size)
   batch = sharding.shard_batch(dict(image=images, tokens=tokens), mesh)
   t0 = time.perf_counter()
-  step = train_step.make_train_step(c, model, tx, schedule, mesh,
-                                    shardings).lower(state, batch).compile()
+  step = train_step.make_train_step(plan, model, tx, schedule, mesh,
+                                    shardings).update.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   box = [state]

@@ -27,7 +27,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cvlg_jax import config as config_lib, sharding, train_step  # noqa: E402
+from cvlg_jax import config as config_lib  # noqa: E402
+from cvlg_jax.step import sharding, train_state, train_step
+from cvlg_jax.step.plan import make_plan
 
 # Dense peak TFLOP/s per device from vendor data sheets: bf16 and the float32
 # matmul path XLA uses by default (TF32 on NVIDIA Ampere+, bf16 passes on TPU).
@@ -94,10 +96,11 @@ def measure(args, name):
   c.loss.name, c.loss.chunk_size = args.loss, args.chunk_size
   c.train.batch_size, c.train.grad_accum_steps = args.batch_size, args.grad_accum_steps
   c.mesh.data, c.mesh.fsdp = -1, args.fsdp
-  config_lib.validate(c, num_devices=jax.device_count())
+  config_lib.validate(c)
+  plan = make_plan(c, jax.device_count())
   mesh = sharding.make_mesh(c.mesh)
-  tokenizer, model, tx, schedule = train_step.build(c)
-  state, shardings = train_step.init_state(c, model, tx, mesh)
+  tokenizer, model, tx, schedule = train_state.build(plan)
+  state, shardings = train_state.init_state(plan, model, tx, mesh)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   rng = np.random.default_rng(0)
   b, s, n = args.batch_size, args.image_size, args.context_length
@@ -107,8 +110,8 @@ def measure(args, name):
                       rng.integers(1, tokenizer.vocab_size, (b, n)), 0).astype(np.int32)),
       mesh)
   t0 = time.perf_counter()
-  step = train_step.make_train_step(c, model, tx, schedule, mesh,
-                                    shardings).lower(state, batch).compile()
+  step = train_step.make_train_step(plan, model, tx, schedule, mesh,
+                                    shardings).update.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(args.warmup):
     state, metrics = step(state, batch)
@@ -118,7 +121,7 @@ def measure(args, name):
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / args.steps
-  flops = 3 * forward_flops(model, train_step.eval_variables(state), c)
+  flops = 3 * forward_flops(model, train_state.eval_variables(state), c)
   return dict(model=name, params_m=n_params / 1e6, compile_s=compile_s,
               step_s=step_s, examples_s=args.batch_size / step_s,
               tflop_step=flops / 1e12, tflops=flops / step_s / 1e12,

@@ -3,7 +3,7 @@ seen for many epochs, where CLIP learns its noisy pairs by heart.
 
     python -m cvlg_jax.main --config=configs/memorisation.py:teacher=bank,noise=0.4 --workdir=/tmp/m
     python -m cvlg_jax.main --config=configs/memorisation.py:clip,noise=0.4 --workdir=/tmp/c
-    # real data: the digits folder set (launch/prepare_digits.py)
+    # real data: the digits folder set (studies/memorisation/prepare_digits.py)
     python -m cvlg_jax.main --workdir=/tmp/d \\
         --config=configs/memorisation.py:dataset=folder:/tmp/digits,flip=0,teacher=bank
 

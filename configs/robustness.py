@@ -7,7 +7,7 @@
         --config=configs/robustness.py:dataset=cifar10,data_dir=/data/tfds,noise=0.4
 
 The demo model on 32x32 images, sized so that one run takes a few minutes on
-2 CPU cores; launch/sweeps/noise_robustness.py sweeps loss x noise x seed and
+2 CPU cores; studies/noise_robustness/sweep.py sweeps loss x noise x seed and
 the PSD ablations over it. Args (comma-separated):
   ``clip``             the CLIP baseline (default: PSD);
   ``noise=P``          data.caption_noise (synthetic: swapped / partial /

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import ml_collections
 
-from cvlg_jax import bank, fileio, losses, sharding
-from cvlg_jax.data import pipeline, train_sources
+from cvlg_jax import fileio, losses
+from cvlg_jax.step import bank
+from cvlg_jax.data import train_sources
 from cvlg_jax.data.tokenizers import TOKENIZERS
 from cvlg_jax.evaluation.common import registered_types
 from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
 
 # self: the student's own logits (same pass); ema: an EMA copy of the params
 # (one more forward pass); bank: each example's embeddings from the last time
-# it was seen (cvlg_jax/bank.py; memory, no FLOPs). docs/design.md, "Teachers".
+# it was seen (cvlg_jax/step/bank.py; memory, no FLOPs). docs/design.md, "Teachers".
 PSD_TEACHERS = ("self", "ema", "bank")
 PSD_SUBSETS = ("random", "all")
 RAMP_UNITS = ("step", "epoch")
-DEBUG_SIGNALS = ("SIGTERM", "SIGINT", "SIGKILL")
 
 
 class ConfigError(ValueError):
@@ -103,14 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
       # NaN/Inf in the loss or gradients stops the run (nothing is saved from
       # the bad step on); N > 0 instead skips up to N such updates in total.
       skip_nonfinite_steps=0,
-      # TEST-ONLY fault injection (0 = off); never set these in a real config.
-      debug_signal_at_step=0,    # send debug_signal to itself during this step
-      debug_signal="SIGTERM",    # SIGTERM | SIGINT | SIGKILL
-      debug_signal_process=-1,   # only this process signals itself (-1 = all)
-      debug_poison_step=0,       # this step's batch makes the loss NaN
   )
 
-  # Multi-process runs (cvlg_jax/distributed.py); JAX's defaults. A process
+  # Multi-process runs (cvlg_jax/run/distributed.py); JAX's defaults. A process
   # whose peer died is ended by JAX about heartbeat_timeout_s later.
   c.distributed = dict(initialization_timeout_s=300, heartbeat_timeout_s=100,
                        shutdown_timeout_s=300)
@@ -180,7 +175,7 @@ def _non_negative(config, *paths):
       raise ConfigError(f"config.{path}={_value(config, path)} must be >= 0")
 
 
-def _check_model(config) -> None:
+def _check_model(config, paths: bool) -> None:
   model = config.model
   _choice(model.name, tuple(MODELS), "model.name")
   _choice(model.dtype, tuple(DTYPES), "model.dtype")
@@ -190,7 +185,7 @@ def _check_model(config) -> None:
                       f"{model.layer_norm_epsilon} must be in (0, 1)")
 
 
-def _check_loss(config) -> None:
+def _check_loss(config, paths: bool) -> None:
   _choice(config.loss.name, tuple(losses.LOSS_NAMES), "loss.name")
   psd = config.loss.psd
   _in_range(psd.alpha_final, 0.0, 1.0, "loss.psd.alpha_final")
@@ -207,15 +202,17 @@ def _check_loss(config) -> None:
   _non_negative(config, "loss.chunk_size")
 
 
-def _check_data(config) -> None:
+def _check_data(config, paths: bool) -> None:
   data = config.data
   _choice(data.source, tuple(train_sources.SOURCES), "data.source")
-  try:
-    train_sources.SOURCES[data.source].check(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  if paths:
+    try:
+      train_sources.SOURCES[data.source].check(config)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   _choice(data.tokenizer, tuple(TOKENIZERS), "data.tokenizer")
-  if data.tokenizer != "builtin" and not fileio.exists(data.tokenizer_path):
+  if (paths and data.tokenizer != "builtin"
+      and not fileio.exists(data.tokenizer_path)):
     raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
                       f"not exist (needed by data.tokenizer={data.tokenizer!r})")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
@@ -225,12 +222,12 @@ def _check_data(config) -> None:
                 "data.read_threads")
 
 
-def _check_optim(config) -> None:
+def _check_optim(config, paths: bool) -> None:
   _positive(config, "optim.learning_rate")
   _non_negative(config, "optim.warmup_steps")
 
 
-def _check_train(config) -> None:
+def _check_train(config, paths: bool) -> None:
   train = config.train
   _positive(config, "train.steps", "train.batch_size", "train.log_every",
             "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints")
@@ -238,24 +235,20 @@ def _check_train(config) -> None:
   if accum < 1 or train.batch_size % accum:
     raise ConfigError(f"config.train.grad_accum_steps={accum} must be >= 1 and "
                       f"divide train.batch_size={train.batch_size}")
-  if train.init_from and not fileio.exists(train.init_from):
+  if paths and train.init_from and not fileio.exists(train.init_from):
     raise ConfigError(f"config.train.init_from={train.init_from!r} does "
                       "not exist (a checkpoint step directory or a workdir)")
-  for key in ("skip_nonfinite_steps", "debug_signal_at_step", "debug_poison_step"):
-    if train[key] < 0:
-      raise ConfigError(f"config.train.{key}={train[key]} must be >= 0 (0 = off)")
-  _choice(train.debug_signal, DEBUG_SIGNALS, "train.debug_signal")
-  if train.debug_signal_process < -1:
-    raise ConfigError(f"config.train.debug_signal_process="
-                      f"{train.debug_signal_process} must be >= -1 (-1 = all)")
+  if train.skip_nonfinite_steps < 0:
+    raise ConfigError(f"config.train.skip_nonfinite_steps="
+                      f"{train.skip_nonfinite_steps} must be >= 0 (0 = off)")
 
 
-def _check_distributed(config) -> None:
+def _check_distributed(config, paths: bool) -> None:
   _positive(config, "distributed.initialization_timeout_s",
             "distributed.heartbeat_timeout_s", "distributed.shutdown_timeout_s")
 
 
-def _check_eval(config) -> None:
+def _check_eval(config, paths: bool) -> None:
   types = registered_types() if config.eval else ()
   for name, entry in config.eval.items():
     if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
@@ -263,63 +256,20 @@ def _check_eval(config) -> None:
     _choice(entry.type, types, f"eval.{name}.type")
 
 
-def _check_devices(config, num_devices: int) -> None:
-  """What depends on the device count: the mesh, and how the global batch,
-  micro-batches, loss chunks and the embedding bank split over it."""
-  try:
-    shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
-  except ValueError as e:
-    raise ConfigError(f"config.{e}; allowed: sizes whose product is "
-                      f"{num_devices}, one of them may be -1 (= the rest)") from None
-  batch_devices = shape[0] * shape[1]
-  if config.train.batch_size % batch_devices:
-    raise ConfigError(
-        f"config.train.batch_size={config.train.batch_size} is not divisible "
-        f"by the {batch_devices} devices the batch is split over "
-        f"(mesh data={shape[0]} x fsdp={shape[1]})")
-  per_device = config.train.batch_size // batch_devices
-  accum = config.train.grad_accum_steps
-  if per_device % accum:
-    raise ConfigError(
-        f"config.train.grad_accum_steps={accum} must divide the {per_device} "
-        "examples per device, so every micro-batch spans all devices")
-  chunk = config.loss.chunk_size
-  if chunk and per_device % min(chunk, per_device):
-    raise ConfigError(
-        f"config.loss.chunk_size={chunk} must divide the {per_device} "
-        "examples per device (the key block each device streams)")
-  if (losses.parse_loss_name(config.loss.name).distills
-      and config.loss.psd.teacher == "bank"):
-    _check_bank_fits(config, num_devices)
-
-
-def _check_bank_fits(config, num_devices: int) -> None:
-  """The embedding bank (one row per training example) within its budget."""
-  psd = config.loss.psd
-  try:
-    examples = pipeline.num_train_examples(config)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f"config.loss.psd.teacher='bank' needs the training set "
-                      f"size, but its source did not open: {e}") from None
-  dim = MODELS[config.model.name]["embed_dim"]
-  gib = bank.bytes_per_device(examples, dim, psd.bank_dtype, num_devices) / 2 ** 30
-  if gib > psd.bank_max_gib:
-    raise ConfigError(
-        f"config.loss.psd.bank_max_gib={psd.bank_max_gib}: the embedding bank "
-        f"needs {gib:.3g} GiB per device ({examples} examples x 2 x {dim} "
-        f"{psd.bank_dtype} over {num_devices} devices); raise the budget, use "
-        "more devices or bank_dtype=bfloat16, or teacher=ema/self")
-
-
 # Each group's checks, in the order a reader meets the groups in the schema.
 _GROUP_CHECKS = (_check_model, _check_data, _check_loss, _check_optim,
                  _check_train, _check_distributed, _check_eval)
 
 
-def validate(config, num_devices: int | None = None) -> None:
-  """Raises :class:`ConfigError` with one clear line for the first problem."""
+def validate(config, *, paths: bool = True) -> None:
+  """Raises :class:`ConfigError` with one clear line for the first problem.
+
+  Checks the config on its own; what depends on the devices or the data (the
+  mesh, batch splits, the bank's size) is checked once by
+  ``cvlg_jax.step.plan.make_plan``, which a run builds next. ``paths=False``
+  skips the checks that the data, vocabulary and init_from paths exist on
+  this host (ahead-of-time compilation reads none of them).
+  """
   _check_keys(config, base_config())
   for check in _GROUP_CHECKS:
-    check(config)
-  if num_devices is not None:
-    _check_devices(config, num_devices)
+    check(config, paths)

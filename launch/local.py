@@ -30,7 +30,7 @@ def command(config: str, run: spec.Run, python: str = sys.executable) -> list[st
 
 def is_finished(run: spec.Run) -> bool:
   """Metrics logged at the last step and a checkpoint saved there."""
-  from cvlg_jax import plot
+  from launch import plot
   if not fileio.isdir(spec.join(run.workdir, "checkpoints", str(run.steps))):
     return False
   return any(r.get("step") == run.steps

@@ -8,7 +8,7 @@
         -- --config=configs/demo.py --workdir=/ckpt/run
 
 Process i gets ``CVLG_COORDINATOR=127.0.0.1:<free port>``,
-``CVLG_NUM_PROCESSES=N`` and ``CVLG_PROCESS_ID=i`` (see cvlg_jax.distributed)
+``CVLG_NUM_PROCESSES=N`` and ``CVLG_PROCESS_ID=i`` (see cvlg_jax.run.distributed)
 and the same arguments after ``--``. Its output goes to
 ``LOG_DIR/process_<i>.log`` with ``--log_dir``, else here, each line prefixed
 ``[i]``.
@@ -45,6 +45,9 @@ _GPUS = flags.DEFINE_integer("gpus_per_process", 0, "> 0: process i sees GPUs "
 _PORT = flags.DEFINE_integer("port", 0, "Coordinator port (0 = a free one).")
 _LOG_DIR = flags.DEFINE_string("process_logs", "", "Each process's output to "
                                "DIR/process_<i>.log instead of here.")
+_MODULE = flags.DEFINE_string("module", "cvlg_jax.main", "The module each "
+                              "process runs with python -m (it takes "
+                              "cvlg_jax.main's flags).")
 _PEER_EXIT = flags.DEFINE_float("peer_exit_timeout_s", 600.0, "After a process "
                                 "fails, kill the others still running this "
                                 "much later (JAX should end them sooner).")
@@ -194,7 +197,8 @@ def main(argv):
     raise app.UsageError("--num_processes must be >= 1 and the device counts >= 0")
   sys.exit(launch(main_args, num_processes=_NUM.value, cpu_devices=_CPU.value,
                   gpus=_GPUS.value, port=_PORT.value, log_dir=_LOG_DIR.value,
-                  peer_exit_timeout_s=_PEER_EXIT.value))
+                  peer_exit_timeout_s=_PEER_EXIT.value,
+                  command=[sys.executable, "-m", _MODULE.value]))
 
 
 if __name__ == "__main__":

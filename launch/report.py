@@ -15,7 +15,8 @@ import io
 import math
 import statistics
 
-from cvlg_jax import fileio, plot
+from cvlg_jax import fileio
+from launch import plot
 from launch import spec
 
 SEED_KEY = "train.seed"

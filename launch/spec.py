@@ -277,8 +277,11 @@ def trainer_flags(config: str, workdir: str, overrides: dict) -> list[str]:
 
 
 def default_root(sweep_path: str) -> str:
-  """``runs/<sweep name>``; a sweep argument (``FILE:ARG``) is part of the
-  name, so e.g. another data set's runs never land on (and skip) these."""
+  """``runs/<sweep name>``: the file's name, or its folder's for a study's
+  ``studies/<study>/sweep.py``. A sweep argument (``FILE:ARG``) is part of
+  the name, so e.g. another data set's runs never land on (and skip) these."""
   path, arg = split_config(sweep_path)
   name = os.path.splitext(os.path.basename(path))[0]
+  if name == "sweep":
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
   return os.path.join("runs", name + (f"-{safe_name(arg)}" if arg else ""))

@@ -7,7 +7,7 @@
     # plus whatever the sweep's own report hook writes
     python -m launch.sweep --sweep=launch/sweeps/demo_clip_vs_psd.py --report
     # a sweep file's argument (here: which data set); default root runs/NAME-ARG
-    python -m launch.sweep --sweep=launch/sweeps/noise_robustness.py:dataset=cifar10
+    python -m launch.sweep --sweep=studies/noise_robustness/sweep.py:dataset=cifar10
     # the same sweep on a TPU VM, workdirs on GCS
     python -m launch.sweep --sweep=... --backend=tpu_vm --root=gs://BUCKET/sweeps/x \\
         --tpu_name=cvlg --zone=us-central2-b --accelerator_type=v4-8 --dry_run

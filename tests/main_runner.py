@@ -44,13 +44,14 @@ def _config_file(root):
 
 
 def make_main_runner(root):
-  """``run(workdir, *flags) -> CompletedProcess`` of main on the tiny config."""
+  """``run(workdir, *flags) -> CompletedProcess`` of main on the tiny config
+  (through tests/fault_main.py, which also takes ``--fault_*`` flags)."""
   config = _config_file(root)
   env = dict(_cache_env(root), XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
   def run(workdir, *flags):
     return subprocess.run(
-        [sys.executable, "-m", "cvlg_jax.main", f"--config={config}",
+        [sys.executable, "-m", "tests.fault_main", f"--config={config}",
          f"--workdir={workdir}", *flags],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   return run
@@ -81,7 +82,7 @@ def make_multiprocess_runner(root, config_arg=None):
   def run(workdir, *flags, num_processes=2, timeout=600) -> Job:
     logs = f"{workdir}.logs"
     cmd = [sys.executable, "-m", "launch.multiprocess",
-           f"--num_processes={num_processes}",
+           "--module=tests.fault_main", f"--num_processes={num_processes}",
            f"--cpu_devices_per_process={8 // num_processes}",
            f"--process_logs={logs}", "--", config_flag, f"--workdir={workdir}",
            *flags]

@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from cvlg_jax import config as config_lib
+from cvlg_jax.step.plan import make_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from configs import demo
@@ -37,9 +38,17 @@ def _set(config, path, value):
   return config
 
 
+def _validate(config, num_devices=DEVICES):
+  """What a run checks before compiling: the config, then (given a device
+  count) its plan."""
+  config_lib.validate(config)
+  if num_devices is not None:
+    make_plan(config, num_devices)
+
+
 def _error(config, num_devices=DEVICES) -> str:
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(config, num_devices=num_devices)
+    _validate(config, num_devices)
   message = str(e.value)
   assert "\n" not in message and message.startswith("config."), message
   return message
@@ -47,8 +56,8 @@ def _error(config, num_devices=DEVICES) -> str:
 
 @pytest.mark.parametrize("arg", ["", "tiny", "clip", "noise=0.2,tiny"])
 def test_demo_configs_are_valid(arg):
-  config_lib.validate(demo.get_config(arg), num_devices=DEVICES)
-  config_lib.validate(demo.get_config(arg), num_devices=None)
+  _validate(demo.get_config(arg), DEVICES)
+  _validate(demo.get_config(arg), None)
 
 
 def test_unknown_keys_list_the_allowed_ones():
@@ -88,7 +97,7 @@ def test_wrong_types(path, value, expected):
 
 def test_int_where_float_expected_is_fine():
   c = _replace(demo.get_config("tiny"), "optim.learning_rate", 1)
-  config_lib.validate(c, num_devices=DEVICES)
+  _validate(c, DEVICES)
 
 
 def test_batch_not_divisible_by_data_parallel_devices():
@@ -99,7 +108,7 @@ def test_batch_not_divisible_by_data_parallel_devices():
   c.mesh.data, c.mesh.fsdp = 2, 4  # the batch is split over data x fsdp
   assert "by the 8 devices" in _error(c)
   c.train.batch_size = 16
-  config_lib.validate(c, num_devices=DEVICES)
+  _validate(c, DEVICES)
 
 
 @pytest.mark.parametrize("data,fsdp,expected", [
@@ -120,7 +129,7 @@ def test_mesh_must_match_device_count(data, fsdp, expected):
 def test_mesh_is_checked_against_the_actual_device_count():
   c = demo.get_config("tiny")
   c.mesh.data, c.mesh.fsdp = 4, 2
-  config_lib.validate(c, num_devices=8)
+  _validate(c, 8)
   assert "does not match the 4 available devices" in _error(c, num_devices=4)
 
 
@@ -145,7 +154,7 @@ def test_fraction_bounds_are_inclusive(value):
   c = demo.get_config("tiny")
   c.loss.psd.alpha_final = value
   c.loss.psd.subset_fraction = value
-  config_lib.validate(c, num_devices=DEVICES)
+  _validate(c, DEVICES)
 
 
 def test_missing_data_paths(tmp_path):
@@ -180,7 +189,6 @@ def test_missing_data_paths(tmp_path):
     ("loss.psd.teacher", "momentum", "self, ema"),
     ("loss.psd.subset", "half", "random, all"),
     ("loss.psd.ramp_unit", "hour", "step, epoch"),
-    ("train.debug_signal", "SIGHUP", "SIGTERM, SIGINT, SIGKILL"),
 ])
 def test_unknown_names_list_allowed_values(path, value, allowed):
   c = _set(demo.get_config("tiny"), path, value)
@@ -208,8 +216,6 @@ def test_unknown_evaluator_type_and_entry_without_type():
     ("train.keep_checkpoints", 0, "config.train.keep_checkpoints=0 must be > 0"),
     ("train.skip_nonfinite_steps", -1,
      "config.train.skip_nonfinite_steps=-1 must be >= 0 (0 = off)"),
-    ("train.debug_poison_step", -3,
-     "config.train.debug_poison_step=-3 must be >= 0 (0 = off)"),
     ("loss.psd.ramp_steps", 0,
      "config.loss.psd.ramp_steps=0 must be > 0, or -1 for all training steps"),
     ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1 must be >= 0"),

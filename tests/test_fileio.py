@@ -1,6 +1,6 @@
-"""Workdir file access, local and object-store style (no appends)."""
+"""Local and object-store file access (cvlg_jax.fileio)."""
 
-from cvlg_jax import fileio, metrics_log
+from cvlg_jax import fileio
 
 
 def test_local_roundtrip(tmp_path):
@@ -26,14 +26,3 @@ def test_object_store_appends_by_rewriting(tmp_path, monkeypatch):
   fileio.append_text(path, "1\n")
   fileio.append_text(path, "2\n")
   assert fileio.read_text(path) == "1\n2\n"
-
-
-def test_metrics_log_drops_rows_after_resume_step(tmp_path, monkeypatch):
-  monkeypatch.setattr(fileio, "is_remote", lambda path: True)
-  log = metrics_log.MetricsLog(str(tmp_path))
-  for step in (10, 20, 30):
-    log.write(step, {"loss": float(step)})
-  resumed = metrics_log.MetricsLog(str(tmp_path), resume_step=20)
-  resumed.write(30, {"loss": 3.0})
-  rows = metrics_log.read_jsonl(str(tmp_path / "metrics.jsonl"))
-  assert [(r["step"], r["loss"]) for r in rows] == [(10, 10.0), (20, 20.0), (30, 3.0)]

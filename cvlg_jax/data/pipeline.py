@@ -8,7 +8,7 @@ example (see data.skipping), which the loop pops and adds to its metrics.
 Every batch carries ``example_id`` int32 [b]: each example's index among the
 trained examples (the source's index when nothing is held out), the same in
 every epoch, worker, host and resumed run (the embedding-bank teacher's key,
-see cvlg_jax.bank).
+see cvlg_jax.step.bank).
 
 The iterator is a Grain ``DatasetIterator`` whose state goes into every
 checkpoint, so a resumed run sees exactly the batches an uninterrupted one
@@ -134,13 +134,16 @@ class _Subset:
     return f"{self.source!r}[{len(self)} trained examples]"
 
 
-def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
+def train_dataset(config, tokenizer: Tokenizer, split: TrainData | None = None, *,
+                  process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
   """Infinite, shuffled (re-shuffled each epoch), batched host-local dataset.
 
-  This process reads block ``process_index`` of ``process_count`` (default:
-  its JAX process index and count) of each global batch; the trainer passes
-  the block its devices hold in the mesh (``sharding.process_batch_block``).
+  ``split``: the already opened :class:`TrainData` (the run plan's; opened
+  here when None). This process reads block ``process_index`` of
+  ``process_count`` (default: its JAX process index and count) of each
+  global batch; the trainer passes the block its devices hold in the mesh
+  (``sharding.process_batch_block``).
   """
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
@@ -148,7 +151,7 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
   if config.train.batch_size % process_count:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not "
                      f"divisible by the {process_count} processes")
-  split = train_data(config)
+  split = train_data(config) if split is None else split
   trained = (split.source if split.trained is None
              else _Subset(split.source, split.trained))
   ds = grain.MapDataset.source(trained).map_with_index(WithExampleId(len(trained)))
@@ -174,13 +177,3 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data.worker_count))
   return it_ds
-
-
-def num_train_examples(config) -> int:
-  """Examples trained on: one epoch, and the range of the example ids."""
-  source = train_source(config)
-  return len(source) - len(train_data(config, source).heldout)
-
-
-def steps_per_epoch(config) -> int:
-  return max(1, num_train_examples(config) // config.train.batch_size)

@@ -114,7 +114,7 @@ def sample_crop_box(height: int, width: int, rng: np.random.Generator,
 # averaged down by the integer part of the ratio (PIL's ``reduce``, a box
 # filter, much cheaper per input pixel than bicubic taps), then bicubic-
 # resized by the remaining factor in [1, 2). Costs < 1 grey level of mean abs
-# difference against one exact bicubic pass (tests/test_data_decode.py).
+# difference against one exact bicubic pass (tests/data/test_decode.py).
 FAST_REDUCING_GAP = 1.0
 
 

@@ -47,16 +47,26 @@ class Evaluator(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Evaluator]] = {}
+# Types that read the run's training examples (EvalContext.train_data).
+_READS_TRAIN_DATA: set[str] = set()
 
 
-def register(name: str):
+def register(name: str, *, reads_train_data: bool = False):
   """Decorator: ``@register("zeroshot") def make(cfg, ctx) -> Evaluator``."""
   def deco(factory):
     if name in _REGISTRY:
       raise ValueError(f"evaluator type {name!r} registered twice")
     _REGISTRY[name] = factory
+    if reads_train_data:
+      _READS_TRAIN_DATA.add(name)
     return factory
   return deco
+
+
+def reads_train_data(eval_config) -> bool:
+  """Whether any ``config.eval`` entry reads the training examples."""
+  _import_builtin_evaluators()
+  return any(e.type in _READS_TRAIN_DATA for e in eval_config.values())
 
 
 def registered_types() -> tuple[str, ...]:

@@ -12,28 +12,38 @@ import functools
 import jax
 import numpy as np
 
-from cvlg_jax import sharding
-from cvlg_jax.data import pipeline
+from cvlg_jax.step import sharding
 from cvlg_jax.evaluation import common
 
 
-def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
-                      batch_size, config=None) -> common.EvalContext:
-  """Sharded encode functions that accept any batch size (padded inside).
-
-  They take the model's variables (``train_step.eval_variables(state)``:
-  params plus BatchNorm running statistics) and run it in inference mode.
-  With the run's ``config``, evaluators can also read its training data.
-  """
+def encode_fns(model, mesh, variable_shardings, batch_size):
+  """``(encode_images, encode_texts, chunk)``: the jitted encoders evaluators
+  run (rows over every device, outputs replicated so every host reads them
+  whole), and the batch size they are fed in (ahead-of-time compilation
+  lowers these same functions: cvlg_jax/run/aot.py)."""
   rows, devices = sharding.batch_sharding(mesh), mesh.size
   chunk = max(devices, batch_size // devices * devices)
-  # Outputs replicated: with several processes every host reads them whole.
   enc_img = jax.jit(lambda v, x: model.apply(v, images=x)[0],
                     in_shardings=(variable_shardings, rows),
                     out_shardings=sharding.replicated(mesh))
   enc_txt = jax.jit(lambda v, t: model.apply(v, tokens=t)[1],
                     in_shardings=(variable_shardings, rows),
                     out_shardings=sharding.replicated(mesh))
+  return enc_img, enc_txt, chunk
+
+
+def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
+                      batch_size, train_data=None) -> common.EvalContext:
+  """Sharded encode functions that accept any batch size (padded inside).
+
+  They take the model's variables (``train_step.eval_variables(state)``:
+  params plus BatchNorm running statistics) and run it in inference mode.
+  With the run's opened ``train_data`` (``pipeline.TrainData``: the run
+  plan's), evaluators can also read its training examples.
+  """
+  rows, devices = sharding.batch_sharding(mesh), mesh.size
+  enc_img, enc_txt, chunk = encode_fns(model, mesh, variable_shardings,
+                                       batch_size)
 
   def batched(fn, params, x):
     out = []
@@ -45,10 +55,8 @@ def make_eval_context(model, mesh, variable_shardings, tokenizer, image_size,
       out.append(np.asarray(fn(params, jax.device_put(part, rows)))[:len(part) - pad])
     return np.concatenate(out)
 
-  train_data = None if config is None else (lambda: pipeline.train_data(config))
-
   return common.EvalContext(
       encode_images=functools.partial(batched, enc_img),
       encode_texts=functools.partial(batched, enc_txt),
       tokenizer=tokenizer, image_size=image_size, batch_size=chunk,
-      train_data=train_data)
+      train_data=None if train_data is None else (lambda: train_data))

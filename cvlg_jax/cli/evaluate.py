@@ -1,0 +1,188 @@
+"""Runs the configured eval suite on a checkpoint.
+
+    python -m cvlg_jax.evaluate --workdir=DIR        # the run's own config.json
+    python -m cvlg_jax.evaluate --config=configs/demo.py --workdir=DIR
+    python -m cvlg_jax.evaluate --config=... --workdir=DIR --checkpoint=DIR/checkpoints/600
+
+Without ``--config`` the run's ``WORKDIR/config.json`` (what it trained with)
+is used. With it, a checkpoint that does not restore into ``--config``'s model
+is reported in one line naming the keys where ``--config`` and
+``config.json`` differ. Uses the latest checkpoint in ``WORKDIR/checkpoints``
+unless ``--checkpoint`` names a step directory. Writes
+``WORKDIR/eval/<step>.json`` and prints a table. Entries whose data set is
+missing are reported as skipped with the reason; they never stop the suite.
+Local paths and ``gs://`` alike (cvlg_jax.fileio).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NamedTuple
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cvlg_jax import fileio
+from cvlg_jax.run.saved_config import ConfigMismatchError, differing_keys, load_run_config
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (default: WORKDIR/config.json, the run's own).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A checkpoint step directory (default: the latest "
+    "under WORKDIR/checkpoints).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def find_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int]:
+  """(step directory, step) of ``checkpoint`` or of the newest committed one
+  (Orbax writes a step under a temporary name and renames it on commit)."""
+  if checkpoint:
+    path = fileio.absolute(checkpoint).rstrip("/")
+    step = path.rsplit("/", 1)[-1]
+    if not step.isdigit() or not fileio.isdir(os.path.join(path, "state")):
+      raise FileNotFoundError(f"--checkpoint={checkpoint} is not a checkpoint "
+                              "step directory (expected .../checkpoints/<step>/state)")
+    return path, int(step)
+  root = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in fileio.listdir(root) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"no committed checkpoint under {root}")
+  return os.path.join(root, str(steps[-1])), steps[-1]
+
+
+class Restored(NamedTuple):
+  path: str          # the checkpoint's step directory
+  step: int
+  tokenizer: Any
+  model: Any
+  mesh: Any
+  state: Any         # train_step.TrainState, in its training shardings
+  shardings: Any
+  config: Any        # what was used: the given one, or the run's config.json
+  plan: Any          # step.plan.RunPlan of that config
+
+
+def restore(config, workdir: str, checkpoint: str | None = None) -> Restored:
+  """The train state of ``checkpoint`` (default: the run's newest), laid out
+  as the trainer lays it out, with the tokenizer and model that go with it.
+  ``config=None``: the run's own ``config.json``."""
+  import jax
+  import orbax.checkpoint as ocp
+  from cvlg_jax.run import checkpointing, init_from
+  from cvlg_jax import config as config_lib
+  from cvlg_jax.step import sharding, train_state
+  from cvlg_jax.evaluation.common import reads_train_data
+  from cvlg_jax.step.plan import make_plan
+
+  config = _mesh_for_this_machine(
+      load_run_config(workdir) if config is None else config)
+  config_lib.validate(config)
+  # Training data only where the state's layout needs it (the bank's rows)
+  # or an evaluator reads it (memorisation, held-out pairs).
+  plan = make_plan(config, jax.device_count(),
+                   open_data=reads_train_data(config.eval))
+  path, step = find_checkpoint(workdir, checkpoint)
+  # The weights were trained with the recorded activation / LayerNorm eps.
+  init_from.check_options(config, path, f"checkpoint {path}")
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer, model, tx, _ = train_state.build(plan)
+  state, shardings = train_state.init_state(plan, model, tx, mesh)
+  if checkpointing.is_weights_only(path):  # `cvlg_jax.pretrained import`
+    state, _ = init_from.load(config, state, shardings, path,
+                              source=f"checkpoint {path}")
+  else:
+    abstract = checkpointing.abstract_like(state, shardings)
+    try:
+      state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"),
+                                                 abstract)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax: tree/shape mismatch)
+      differ = differing_keys(config, workdir)
+      if not differ:
+        raise
+      raise ConfigMismatchError(
+          f"checkpoint {path} does not fit this config, which differs from the "
+          f"run's config.json in {differ} (restore: {type(e).__name__}); omit "
+          "--config to use the run's own config") from None
+  return Restored(path, step, tokenizer, model, mesh, state, shardings, config,
+                  plan)
+
+
+def _mesh_for_this_machine(config):
+  """The training mesh (e.g. fsdp=8 on a pod) may not fit the devices here;
+  the layout never changes the values, so fall back to data parallelism."""
+  import jax
+  from cvlg_jax.step import sharding
+  try:
+    sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, jax.device_count())
+    return config
+  except ValueError as e:
+    logging.warning("%s; evaluating with mesh data=-1, fsdp=1 instead.", e)
+  config = config.copy_and_resolve_references()
+  config.mesh.data, config.mesh.fsdp = -1, 1
+  return config
+
+
+def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
+  """Restores params, runs every ``config.eval`` entry; returns the report.
+  ``config=None``: the run's own ``config.json``."""
+  from cvlg_jax.evaluation import common
+  from cvlg_jax.evaluation.context import make_eval_context
+  from cvlg_jax.step.train_state import eval_variables
+
+  (path, step, tokenizer, model, mesh, state, shardings, config,
+   plan) = restore(config, workdir, checkpoint)
+  ctx = make_eval_context(model, mesh, eval_variables(shardings),
+                          tokenizer, config.data.image_size,
+                          config.train.batch_size, plan.data)
+  evaluators, skipped = common.build_all(config.eval, ctx)
+  variables = eval_variables(state)
+  results = {}
+  for name, evaluator in evaluators.items():
+    try:
+      results[name] = {k: float(v) for k, v in evaluator.run(variables).items()}
+    except common.DatasetUnavailable as e:
+      skipped[name] = str(e)
+  report = dict(step=step, checkpoint=path, results=results, skipped=skipped)
+  write_report(workdir, report)
+  return report
+
+
+def write_report(workdir: str, report: dict) -> str:
+  """``WORKDIR/eval/<step>.json`` (what sweep reports and plots read)."""
+  path = os.path.join(workdir, "eval", f"{report['step']}.json")
+  fileio.write_file(path, json.dumps(report, indent=2, sort_keys=True))
+  return path
+
+
+def format_table(report: dict) -> str:
+  lines = [f"eval of step {report['step']} ({report['checkpoint']})", "",
+           "| eval | metric | value |", "|---|---|---|"]
+  for name, metrics in sorted(report["results"].items()):
+    for key, value in sorted(metrics.items()):
+      shown = f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+      lines.append(f"| {name} | {key} | {shown} |")
+  for name, reason in sorted(report["skipped"].items()):
+    lines.append(f"| {name} | skipped | {reason.splitlines()[0]} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from cvlg_jax import config as config_lib
+  try:
+    report = evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+  except (config_lib.ConfigError, ConfigMismatchError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(report))
+
+
+def run():
+  """The command line (``python -m`` of the entry module)."""
+  app.run(main)

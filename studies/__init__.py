@@ -1,0 +1,1 @@
+"""Research studies built on ``launch``: sweeps, reports and data preparation."""

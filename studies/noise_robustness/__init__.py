@@ -1,0 +1,1 @@
+"""The noise-robustness study (docs/robustness.md): sweep, report, diagnosis."""
