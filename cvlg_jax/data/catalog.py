@@ -27,8 +27,8 @@ from cvlg_jax.data.classnames import objects
 from cvlg_jax.data.classnames import readable
 from cvlg_jax.data.classnames import scenes
 from cvlg_jax.data.local_sources import (
-    DatasetUnavailable, as_rgb, fgvc_aircraft_source, folder_source,
-    karpathy_caption_source, objectnet_source)
+    DatasetUnavailable, as_rgb, check_folder, fgvc_aircraft_source,
+    folder_layout, folder_source, karpathy_caption_source, objectnet_source)
 
 
 _BUILD = ("run `tfds build {tfds} --file_format=array_record` (add "
@@ -179,25 +179,50 @@ def _tfds_source(name: str, tfds_name: str, split: str, data_dir, hint: str):
     raise
 
 
+def _folder_split(name: str, split: str | None, train: bool,
+                  what: str) -> tuple[str, str]:
+  """(folder of class sub-folders, its name for errors) of a ``folder:`` set:
+  ``<path>/<split>``, or ``<path>`` itself for a test-only folder read
+  without a split. Missing folders raise DatasetUnavailable in one line
+  naming the path, the split and the layout expected."""
+  path = name[len("folder:"):]
+  wanted = split or ("train" if train else "test")
+  sub = os.path.join(path, wanted)
+  what = f"{what}, split {wanted!r}"
+  if os.path.isdir(sub):
+    return sub, what
+  expected = folder_layout(sub)
+  if not (split or train):  # a test-only folder may hold the classes itself
+    expected += f" (or the classes directly in {path})"
+  if not os.path.isdir(path):
+    raise DatasetUnavailable(f"{what}: {path} does not exist; expected {expected}")
+  if split or train:  # asked for a split that is not there
+    raise DatasetUnavailable(f"{what}: {sub}/ with class folders does not "
+                             f"exist; expected {expected}")
+  return path, what
+
+
+def check_folder_split(name: str, split: str | None = None, train: bool = False,
+                       what: str | None = None) -> None:
+  """DatasetUnavailable (one line) unless ``folder:`` set ``name`` has that
+  split with images, without listing every file: for config validation."""
+  check_folder(*_folder_split(name, split, train, what or f"dataset {name!r}"))
+
+
 def open_classification(name: str, split: str | None = None,
-                        data_dir: str | None = None,
-                        train: bool = False) -> ClassificationData:
+                        data_dir: str | None = None, train: bool = False,
+                        what: str | None = None) -> ClassificationData:
   """Opens a registered set, or ``folder:/path`` (class names = sub-folders).
 
   ``split`` defaults to the set's test split, or its train split when
   ``train`` (linear probe). For ``folder:`` the classes live in
   ``<path>/<split>`` (split defaulting to test / train), or directly in
-  ``<path>`` for a test-only folder.
+  ``<path>`` for a test-only folder. ``what`` names the set in errors
+  (default "eval dataset NAME").
   """
   if name.startswith("folder:"):
-    root = name[len("folder:"):]
-    sub = os.path.join(root, split or ("train" if train else "test"))
-    if os.path.isdir(sub):
-      root = sub
-    elif split or train:  # asked for a split that is not there
-      raise DatasetUnavailable(f"eval dataset {name!r}: {sub}/ with class "
-                               "folders does not exist")
-    src = folder_source(root, what=f"eval dataset {name!r}")
+    root, what = _folder_split(name, split, train, what or f"eval dataset {name!r}")
+    src = folder_source(root, what=what)
     return ClassificationData(name, src, tuple(readable(c) for c in src.classes),
                               objects.OBJECT_TEMPLATES)
   if name not in CLASSIFICATION_SETS:

@@ -29,6 +29,7 @@ from typing import Any, Sequence, SupportsIndex
 import numpy as np
 
 from cvlg_jax.data import catalog
+from cvlg_jax.data.decode import BadExample, Rejection
 from cvlg_jax.data.prompts import Template, fill_template
 
 _SALT = 0x5eed_c1a5  # keeps these draws apart from other users of the seed
@@ -40,7 +41,9 @@ class ClassCaptions:
   ``source[i]`` is an (image, class index) pair, as the evaluation data sets
   give them (uint8 array or encoded bytes; both decode in the pipeline).
   ``label`` is the true class; :meth:`caption_class` the one the captions
-  name.
+  name. An image file that does not decode (decode.BadExample from a
+  ``folder:`` source) comes back as a ``Rejection``, which the pipeline
+  skips and counts (data.skipping), as it does a bad ArrayRecord record.
   """
 
   def __init__(self, source: Sequence, classnames: Sequence[str],
@@ -77,10 +80,15 @@ class ClassCaptions:
     """"label" when the captions name a wrong class, else ""."""
     return "label" if self._noisy[index] else ""
 
+  def _label(self, index: int) -> int:
+    """The true class, without decoding the image where the source lists
+    its targets (file sources do)."""
+    targets = getattr(self.source, "targets", None)
+    return int(targets[index] if targets is not None else self.source[index][1])
+
   def clean_captions(self, index: int) -> list[str]:
     """The captions of the example's true class."""
-    _, label = self.source[index]
-    return list(self._captions[int(label)])
+    return list(self._captions[self._label(index)])
 
   def caption_class(self, index: int, label: int) -> int:
     """The class the captions of example ``index`` (true class ``label``) name."""
@@ -88,11 +96,14 @@ class ClassCaptions:
       return label
     return int((label + self._offset[index]) % len(self.classnames))
 
-  def __getitem__(self, index: SupportsIndex) -> dict[str, Any]:
+  def __getitem__(self, index: SupportsIndex) -> dict[str, Any] | Rejection:
     index = index.__index__()
     if not 0 <= index < len(self):
       raise IndexError(f"{self.name}: index {index} outside [0, {len(self)})")
-    image, label = self.source[index]
+    try:
+      image, label = self.source[index]
+    except BadExample as e:  # one bad image file costs one example, not a run
+      return Rejection(e.reason, f"{self.name}/{index}", str(e))
     label = int(label)
     if not 0 <= label < len(self.classnames):
       raise ValueError(f"{self.name}: example {index} has label {label}, not "
@@ -132,7 +143,15 @@ def open_class_captions(name: str, split: str, data_dir: str | None = None, *,
                         caption_noise: float = 0.0, seed: int = 0) -> ClassCaptions:
   """Class captions of a registered set (or ``folder:/path``) and split."""
   check_split(name, split)
-  data = catalog.open_classification(name, split, data_dir or None, train=True)
+  data = catalog.open_classification(name, split, data_dir or None, train=True,
+                                     what=f"training set {name!r}")
   return ClassCaptions(data.source, data.classnames, data.templates,
                        caption_noise=caption_noise, seed=seed,
                        name=f"{name}/{split}")
+
+
+def check_folder(name: str, split: str) -> None:
+  """For config validation: a ``folder:`` training set's split exists and
+  holds images (DatasetUnavailable in one line otherwise)."""
+  catalog.check_folder_split(name, split, train=True,
+                             what=f"training set {name!r}")

@@ -36,7 +36,7 @@ class BadExample(ValueError):
     if reason not in SKIP_REASONS:
       raise ValueError(f"unknown skip reason {reason!r}; known: {SKIP_REASONS}")
     super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
+    self.reason, self.detail = reason, detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,15 +128,20 @@ def check_aspect_ratio(width: int, height: int, max_aspect_ratio: float) -> None
     raise BadExample("extreme_aspect_ratio", f"{width}x{height}")
 
 
-def load_rgb(image: Image.Image) -> Image.Image:
-  """Decodes the pixels of an opened image and converts them to RGB."""
+def load_pixels(image: Image.Image) -> Image.Image:
+  """Decodes the pixels of an opened image (BadExample if they do not)."""
   try:
     image.load()
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise BadExample(_load_error_reason(e), f"{type(e).__name__}: {e}") from None
-  return transforms.to_rgb(image)
+  return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+  """Decodes the pixels of an opened image and converts them to RGB."""
+  return transforms.to_rgb(load_pixels(image))
 
 
 def _load_error_reason(error: Exception) -> str:
@@ -177,7 +182,7 @@ def preprocess_image(data: Any, rng: np.random.Generator | None, *,
   remaining downscale before the bicubic pass (transforms.crop_resize).
   ``fast=False`` is the exact path (full decode, one bicubic resize: the math
   of open_clip's PIL transform); the two differ by < 1 grey level per pixel
-  on average (tests/test_data_decode.py), for 1.15x (500x375) to 2.1x
+  on average (tests/data/test_decode.py), for 1.15x (500x375) to 2.1x
   (1024x768) less CPU time at crop scale 0.9-1 (benchmarks/data_pipeline.py).
   """
   if train and rng is None:

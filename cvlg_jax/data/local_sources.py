@@ -6,11 +6,12 @@ sequences of ``(uint8 HWC RGB image, target)`` pairs, like the TFDS ones."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
+from cvlg_jax.data import decode
 
 
 class DatasetUnavailable(RuntimeError):
@@ -30,9 +31,27 @@ def as_rgb(image) -> np.ndarray:
   return image[..., :3]
 
 
+def read_rgb(path: str) -> np.ndarray:
+  """uint8 HWC RGB of one image file, decoded with the training decoder's
+  checks (data.decode): a file that is not a whole image raises BadExample
+  with the reason an ArrayRecord record would get (undecodable_image,
+  truncated_image, empty_image_bytes) and the path, so that readers can
+  skip and count it like any bad record."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    image = decode.load_pixels(decode.open_image(data))
+  except decode.BadExample as e:  # PIL names the in-memory buffer, not the file
+    detail = re.sub(r" ?<_io\.BytesIO object at \w+>", "", e.detail)
+    raise decode.BadExample(e.reason, f"{path}: {detail}" if detail
+                            else path) from None
+  return np.asarray(image.convert("RGB"))
+
+
 class FileSource(Sequence):
   """Image files with targets; ``crop`` = pixels cut (top, bottom, left,
-  right), for releases whose images carry a banner or border."""
+  right), for releases whose images carry a banner or border. An item whose
+  file does not decode raises decode.BadExample (see read_rgb)."""
 
   def __init__(self, files, targets, classes=(), crop=(0, 0, 0, 0)):
     if not files:
@@ -44,34 +63,61 @@ class FileSource(Sequence):
     return len(self.files)
 
   def __getitem__(self, i):
-    with Image.open(self.files[int(i)]) as im:
-      image = np.asarray(im.convert("RGB"))
+    image = read_rgb(self.files[int(i)])
     top, bottom, left, right = self._crop
     h, w = image.shape[:2]
     return image[top:h - bottom, left:w - right], self.targets[int(i)]
 
 
-def _need(path: str, what: str) -> str:
+def _need(path: str, what: str, expected: str = "") -> str:
   if not os.path.exists(path):
-    raise DatasetUnavailable(f"{what}: {path} does not exist")
+    raise DatasetUnavailable(f"{what}: {path} does not exist"
+                             + (f"; expected {expected}" if expected else ""))
   return path
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(_IMAGE_EXTS)
 
 
 def _images_in(folder: str) -> list[str]:
   out = []
   for dirpath, dirnames, filenames in os.walk(folder):
     dirnames.sort()
-    out += [os.path.join(dirpath, f) for f in sorted(filenames)
-            if f.lower().endswith(_IMAGE_EXTS)]
+    out += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
   return out
+
+
+def _class_folders(root: str) -> list[str]:
+  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+
+
+def folder_layout(root: str) -> str:
+  """What a folder of classes must hold, for error messages."""
+  return f"{root}/<class name>/<image files: {', '.join(_IMAGE_EXTS)}>"
+
+
+def _no_images(root: str, what: str) -> DatasetUnavailable:
+  return DatasetUnavailable(f"{what}: no image files in class sub-folders of "
+                            f"{root}; expected {folder_layout(root)}")
+
+
+def check_folder(root: str, what: str = "folder dataset") -> None:
+  """What folder_source would refuse, without listing every file: cheap
+  enough for config validation on a large folder."""
+  _need(root, what, folder_layout(root))
+  for c in _class_folders(root):
+    for _, _, filenames in os.walk(os.path.join(root, c)):
+      if any(_is_image(f) for f in filenames):
+        return
+  raise _no_images(root, what)
 
 
 def folder_source(root: str, only: Sequence[str] | None = None,
                   what: str = "folder dataset", crop=(0, 0, 0, 0)) -> FileSource:
   """Class = immediate sub-folder (sorted), images found recursively in it."""
-  _need(root, what)
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)))
+  _need(root, what, folder_layout(root))
+  classes = _class_folders(root)
   if only is not None:
     classes = [c for c in classes if c in set(only)]
   files, labels = [], []
@@ -80,7 +126,7 @@ def folder_source(root: str, only: Sequence[str] | None = None,
     files += found
     labels += [label] * len(found)
   if not files:
-    raise DatasetUnavailable(f"{what}: no images in class sub-folders of {root}")
+    raise _no_images(root, what)
   return FileSource(files, labels, classes, crop)
 
 

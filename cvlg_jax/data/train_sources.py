@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from cvlg_jax import fileio
-from cvlg_jax.data import class_captions, records, sources, synthetic
+from cvlg_jax.data import catalog, class_captions, records, sources, synthetic
 
 
 class SourceSpec(NamedTuple):
@@ -69,9 +69,12 @@ def _class_captions(config):
 
 def _check_class_captions(config):
   _check_tfds(config)
+  name, split = config.data.tfds_name, config.data.tfds_split
   try:
-    class_captions.check_split(config.data.tfds_name, config.data.tfds_split)
-  except ValueError as e:
+    class_captions.check_split(name, split)
+    if name.startswith("folder:"):
+      class_captions.check_folder(name, split)
+  except (ValueError, catalog.DatasetUnavailable) as e:
     raise ValueError(f"config.data.tfds_name / tfds_split: {e}") from None
 
 

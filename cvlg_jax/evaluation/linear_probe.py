@@ -171,18 +171,24 @@ class LinearProbeEvaluator:
     self._test_idx = datasets.sample_indices(
         len(self._test.source), cfg.get("max_examples"), seed)
 
-  def _features(self, params, data, indices):
+  def _features(self, params, data, indices, skipped):
     from cvlg_jax.evaluation import datasets
     emb, labels = datasets.embed_source(
         self._ctx.encode_images, params, data.source, indices,
-        batch_size=self._ctx.batch_size, image_size=self._ctx.image_size)
+        batch_size=self._ctx.batch_size, image_size=self._ctx.image_size,
+        skipped=skipped)
     labels = np.asarray(labels)
     return emb[labels >= 0], labels[labels >= 0]
 
   def run(self, params) -> dict[str, float]:
+    from cvlg_jax.evaluation import datasets
     cfg = self._cfg
-    train_x, train_y = self._features(params, self._train, self._train_idx)
-    test_x, test_y = self._features(params, self._test, self._test_idx)
+    skips = {s: datasets.Skipped(f"linear probe on {cfg.dataset} ({s} split)")
+             for s in ("train", "test")}
+    train_x, train_y = self._features(params, self._train, self._train_idx,
+                                      skips["train"])
+    test_x, test_y = self._features(params, self._test, self._test_idx,
+                                    skips["test"])
     metrics = linear_probe(
         train_x, train_y, test_x, test_y,
         num_classes=len(self._train.classnames),
@@ -191,6 +197,8 @@ class LinearProbeEvaluator:
         max_iters=cfg.get("max_iters", 500))
     metrics["num_train"] = float(len(train_y))
     metrics["num_test"] = float(len(test_y))
+    for split, skipped in skips.items():  # images that did not decode
+      metrics.update(skipped.metrics(f"num_{split}_skipped"))
     return metrics
 
 

@@ -18,7 +18,10 @@ carries that caption. A validation set drawn like the training data, so knobs
 can be chosen without looking at the evaluation sets.
 
 Both read the source through ``EvalContext.train_data``; images get the
-evaluation transform (no augmentation).
+evaluation transform (no augmentation). An example whose image does not
+decode (a bad file in a ``folder:`` set) is left out when the evaluator is
+built, with one warning; the metrics are over the other examples
+(``num_examples``) and report the left-out ones as ``num_skipped``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from cvlg_jax.data import decode
 from cvlg_jax.data.transforms import normalize
 from cvlg_jax.evaluation.common import EvalContext, register
+from cvlg_jax.evaluation.datasets import Skipped, read_good
 from cvlg_jax.evaluation.zeroshot import _l2_normalize
 
 
@@ -39,10 +43,23 @@ def _train_data(ctx: EvalContext, kind: str):
   return ctx.train_data()
 
 
-def _images(source, indices, image_size) -> np.ndarray:
-  return normalize(np.stack([decode.preprocess_image(
-      source[int(i)]["image"], None, train=False, image_size=image_size)
-      for i in indices]))
+def _read(source, indices, image_size, skipped: Skipped):
+  """(indices kept, their records, float32 [n, S, S, 3] images) of the
+  examples whose image decodes; the others are counted in ``skipped``."""
+  def read(i):
+    record = source[i]
+    if isinstance(record, decode.Rejection):
+      return record
+    return record, decode.preprocess_image(record["image"], None, train=False,
+                                           image_size=image_size)
+
+  kept = list(read_good(read, indices, skipped))
+  skipped.report(len(indices))
+  images = np.zeros((0, image_size, image_size, 3), np.uint8)
+  if kept:
+    images = np.stack([image for _, (_, image) in kept])
+  return (np.array([i for i, _ in kept], np.int64),
+          [record for _, (record, _) in kept], normalize(images))
 
 
 def _embed_caption_sets(ctx, params, caption_sets) -> np.ndarray:
@@ -74,12 +91,14 @@ class MemorisationEvaluator:
     rng = np.random.default_rng(cfg.get("seed", 0))
     count = min(cfg.get("num_examples", 500), len(noisy))
     self.indices = np.sort(rng.choice(noisy, count, replace=False)) if count else noisy
+    self.skipped = Skipped("memorisation eval (noisy training pairs)")
+    if count:
+      self.indices, records, self.images = _read(source, self.indices,
+                                                 ctx.image_size, self.skipped)
     self.kinds = np.array([source.noise_kind(int(i)) for i in self.indices])
-    if not count:
+    if not len(self.indices):
       return
-    self.images = _images(source, self.indices, ctx.image_size)
-    wrong = [tuple(decode.caption_candidates(source[int(i)]["caption"]))
-             for i in self.indices]
+    wrong = [tuple(decode.caption_candidates(r["caption"])) for r in records]
     clean = [tuple(source.clean_captions(int(i))) for i in self.indices]
     self.gallery = sorted(set(wrong) | set(clean))
     where = {captions: k for k, captions in enumerate(self.gallery)}
@@ -88,14 +107,14 @@ class MemorisationEvaluator:
 
   def run(self, params) -> dict[str, float]:
     if not len(self.indices):
-      return {"num_examples": 0.0}
+      return {"num_examples": 0.0, **self.skipped.metrics()}
     ctx = self.ctx
     text = _embed_caption_sets(ctx, params, self.gallery)
     top1 = np.argmax(ctx.encode_images(params, self.images) @ text.T, axis=1)
     out = {"memorised": float(np.mean(top1 == self.wrong)),
            "clean_top1": float(np.mean(top1 == self.clean)),
            "chance": 1.0 / len(self.gallery),
-           "num_examples": float(len(self.indices))}
+           "num_examples": float(len(self.indices)), **self.skipped.metrics()}
     kinds = sorted(set(self.kinds))
     if len(kinds) > 1:
       for kind in kinds:
@@ -113,16 +132,18 @@ class HeldoutEvaluator:
       raise ValueError("eval type 'heldout' needs data.num_heldout > 0 (the "
                        "held-out part of the training source)")
     indices = indices[:cfg.get("num_examples", len(indices))]
-    self.images = _images(source, indices, ctx.image_size)
-    captions = [decode.caption_candidates(source[int(i)]["caption"])[0]
-                for i in indices]
+    self.skipped = Skipped("heldout eval")
+    _, records, self.images = _read(source, indices, ctx.image_size, self.skipped)
+    captions = [decode.caption_candidates(r["caption"])[0] for r in records]
     self.distinct = sorted(set(captions))
     where = {c: k for k, c in enumerate(self.distinct)}
     self.caption_of = np.array([where[c] for c in captions])
-    self.tokens = ctx.tokenizer(self.distinct)
+    self.tokens = ctx.tokenizer(self.distinct) if self.distinct else None
 
   def run(self, params) -> dict[str, float]:
     ctx = self.ctx
+    if not len(self.caption_of):  # every held-out image failed to decode
+      return {"num_examples": 0.0, **self.skipped.metrics()}
     sim = ctx.encode_images(params, self.images) @ np.asarray(
         ctx.encode_texts(params, self.tokens)).T   # [images, distinct captions]
     i2t = np.mean(np.argmax(sim, axis=1) == self.caption_of)
@@ -131,14 +152,15 @@ class HeldoutEvaluator:
                   == self.caption_of)
     return {"i2t_top1": float(i2t), "t2i_top1": float(t2i),
             "mean_top1": float((i2t + t2i) / 2),
-            "num_examples": float(len(self.caption_of))}
+            "num_examples": float(len(self.caption_of)),
+            **self.skipped.metrics()}
 
 
-@register("memorisation")
+@register("memorisation", reads_train_data=True)
 def make_memorisation(cfg, ctx: EvalContext) -> MemorisationEvaluator:
   return MemorisationEvaluator(cfg, ctx)
 
 
-@register("heldout")
+@register("heldout", reads_train_data=True)
 def make_heldout(cfg, ctx: EvalContext) -> HeldoutEvaluator:
   return HeldoutEvaluator(cfg, ctx)

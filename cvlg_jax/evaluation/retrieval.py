@@ -117,16 +117,18 @@ class RetrievalEvaluator:
   def run(self, params) -> dict[str, float]:
     from cvlg_jax.evaluation import datasets
     ctx = self._ctx
+    skipped = datasets.Skipped(f"retrieval eval on {self._name}")
     image_emb, caption_lists = datasets.embed_source(
         ctx.encode_images, params, self._source, self._indices,
-        batch_size=ctx.batch_size, image_size=ctx.image_size)
+        batch_size=ctx.batch_size, image_size=ctx.image_size, skipped=skipped)
     texts, text_to_image = [], []
     for i, captions in enumerate(caption_lists):
       if self._captions_per_image > 0:
         captions = list(captions)[: self._captions_per_image]
       if not captions:
-        raise ValueError(f"{self._name}: image {int(self._indices[i])} has no "
-                         "caption")
+        which = (f"image {int(self._indices[i])}" if not skipped.count
+                 else f"embedded image {i}")  # positions shift past skips
+        raise ValueError(f"{self._name}: {which} has no caption")
       texts += captions
       text_to_image += [i] * len(captions)
     text_emb = np.concatenate([
@@ -136,6 +138,7 @@ class RetrievalEvaluator:
     metrics = retrieval_metrics(image_emb @ text_emb.T, np.asarray(text_to_image))
     metrics["num_images"] = float(len(caption_lists))
     metrics["num_texts"] = float(len(texts))
+    metrics.update(skipped.metrics())  # images that did not decode
     return metrics
 
 

@@ -94,9 +94,10 @@ class ZeroShotEvaluator:
     class_emb = class_text_embeddings(ctx.encode_texts, params, ctx.tokenizer,
                                       data.classnames, data.templates,
                                       ctx.batch_size)
+    skipped = datasets.Skipped(f"zeroshot eval on {data.name}")
     image_emb, labels = datasets.embed_source(
         ctx.encode_images, params, data.source, self._indices,
-        batch_size=ctx.batch_size, image_size=ctx.image_size)
+        batch_size=ctx.batch_size, image_size=ctx.image_size, skipped=skipped)
     labels = np.asarray(labels)
     keep = labels >= 0  # ImageNet-R/A: classes outside the 200 are not scored
     if not keep.any():
@@ -104,7 +105,8 @@ class ZeroShotEvaluator:
                        "an evaluated class")
     topk = (1, 5) if len(data.classnames) > 5 else (1,)
     metrics = zeroshot_accuracy(image_emb[keep], class_emb, labels[keep], topk)
-    metrics["num_examples"] = float(keep.sum())
+    metrics["num_examples"] = float(keep.sum())  # images scored
+    metrics.update(skipped.metrics())  # images that did not decode
     return metrics
 
 
