@@ -15,7 +15,15 @@ they carry gradient (docs/design.md, "Teachers").
 
 Layout: rows = examples, sharded over every device like the batch, so the
 bank's memory is split evenly over the slice; ``bytes_per_device`` says how
-much. Lookups and updates run in ``shard_map``: each device all-gathers the
+much. One [rows, 2 d] array holds both embeddings (row i = image_i | text_i):
+TPUs tile an array's last dimension in 128 lanes, so a [rows, 64] array gets
+the column-major layout (rows in the lanes) and XLA:TPU copies the whole bank
+into a row-major temporary around every row gather and scatter (two copies of
+the bank per step, measured AOT for v5e and v4); [rows, 128] and wider
+(2 d % 128 == 0: every model in models/registry.py) stays row-major and is
+read and updated in place on TPU as on CPU.
+
+Lookups and updates run in ``shard_map``: each device all-gathers the
 batch's ids, serves the rows it holds, and a ``psum_scatter`` returns every
 device the rows of its own examples (lookup); the new embeddings are
 all-gathered and each device scatters the ones it owns (update). Both move
@@ -45,16 +53,32 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 # How each dtype is stored. bfloat16 embeddings are kept as their uint16 bit
 # patterns: XLA's CPU scatter has no bfloat16 kernel and rewrites the whole
 # operand on every update (measured 224 ms vs 0.03 ms for 512 rows of a
-# 1M x 64 bank); an integer scatter updates in place on every backend, and a
-# bitcast of the rows read back is free.
+# 1M x 64 bank); an integer scatter updates in place on every backend (XLA:TPU
+# too, given a lane-dense row: see the module docstring), and a bitcast of the
+# rows read back is free.
 _STORAGE = {"bfloat16": jnp.uint16, "float32": jnp.float32}
 
 
 class Bank(flax.struct.PyTreeNode):
   """Embeddings (``bank_dtype`` values, bfloat16 as uint16 bits) by example id."""
-  image: jax.Array       # [rows, d] image embedding of each example when last seen
-  text: jax.Array        # [rows, d] text embedding, likewise
+  # [rows, 2 d]: each example's image embedding then its text embedding, as
+  # the model made them when it last saw the example (one array: see above).
+  embeddings: jax.Array
   seen_step: jax.Array   # [rows] int32: 1 + the step that wrote it; 0 = never
+
+  @property
+  def dim(self) -> int:
+    return self.embeddings.shape[-1] // 2
+
+  @property
+  def image(self) -> jax.Array:
+    """[rows, d] stored image embeddings (a sliced copy, for inspection)."""
+    return self.embeddings[:, :self.dim]
+
+  @property
+  def text(self) -> jax.Array:
+    """[rows, d] stored text embeddings (a sliced copy, for inspection)."""
+    return self.embeddings[:, self.dim:]
 
 
 class BankRows(NamedTuple):
@@ -93,8 +117,7 @@ def bytes_per_device(num_examples: int, dim: int, dtype: str,
 def zeros(num_examples: int, dim: int, dtype: str, num_devices: int) -> Bank:
   """An empty bank (call under ``jit`` with :func:`shardings` as outputs)."""
   rows = num_rows(num_examples, num_devices)
-  return Bank(image=jnp.zeros((rows, dim), _STORAGE[dtype]),
-              text=jnp.zeros((rows, dim), _STORAGE[dtype]),
+  return Bank(embeddings=jnp.zeros((rows, 2 * dim), _STORAGE[dtype]),
               seen_step=jnp.zeros((rows,), jnp.int32))
 
 
@@ -102,7 +125,7 @@ def shardings(mesh) -> Bank:
   """Rows over every device, in the batch's order (as
   ``sharding.state_shardings`` lays out the train state's ``bank``)."""
   rows = sharding.batch_sharding(mesh)
-  return Bank(image=rows, text=rows, seen_step=rows)
+  return Bank(embeddings=rows, seen_step=rows)
 
 
 def _local_rows(ids, block_rows):
@@ -122,19 +145,20 @@ def lookup(bank: Bank, ids, mesh) -> BankRows:
   over the devices). ``seen_step`` 0 means the example was never stored."""
   axes, rows = sharding.BATCH_AXES, P(sharding.BATCH_AXES)
 
-  def local(image, text, seen_step, ids):
-    here, at = _local_rows(_gather(ids), image.shape[0])
+  def local(embeddings, seen_step, ids):
+    here, at = _local_rows(_gather(ids), embeddings.shape[0])
     at = jnp.where(here, at, 0)
     # Exactly one device holds each id: the others contribute zeros.
     take = lambda t: jnp.where(here.reshape(-1, *[1] * (t.ndim - 1)), t[at], 0)
     scatter = lambda x: jax.lax.psum_scatter(x, axes, scatter_dimension=0,
                                              tiled=True)
-    return BankRows(_decode(scatter(take(image))), _decode(scatter(take(text))),
-                    scatter(take(seen_step)))
+    both = _decode(scatter(take(embeddings)))
+    d = embeddings.shape[1] // 2
+    return BankRows(both[:, :d], both[:, d:], scatter(take(seen_step)))
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows),
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows),
                        out_specs=BankRows(rows, rows, rows))(
-                           bank.image, bank.text, bank.seen_step, ids)
+                           bank.embeddings, bank.seen_step, ids)
 
 
 def last_occurrence(ids):
@@ -148,26 +172,36 @@ def last_occurrence(ids):
   return jnp.zeros(ids.shape, bool).at[order].set(last)
 
 
-def update(bank: Bank, ids, image_emb, text_emb, step, mesh) -> Bank:
-  """Writes this step's (student) embeddings of the batch into the bank."""
-  rows = P(sharding.BATCH_AXES)
-  storage = bank.image.dtype
+def update(bank: Bank, ids, image_emb, text_emb, step, mesh,
+           skip=None) -> Bank:
+  """Writes this step's (student) embeddings of the batch into the bank.
 
-  def local(image, text, seen_step, ids, new_image, new_text, step):
+  ``skip``: optional bool scalar; when True no row is written and the bank
+  comes back as it was (a rejected step, ``train.skip_nonfinite_steps``).
+  The mask drops the batch's writes instead of selecting between the old and
+  the new bank, so the bank is still updated in place (a ``where`` over the
+  whole bank would keep both alive: one more copy of it per step).
+  """
+  rows = P(sharding.BATCH_AXES)
+  storage = bank.embeddings.dtype
+  skip = jnp.zeros((), bool) if skip is None else jnp.asarray(skip, bool)
+
+  def local(embeddings, seen_step, ids, new_image, new_text, step, skip):
     ids = _gather(ids)
-    here, at = _local_rows(ids, image.shape[0])
-    # Rows another device owns (or a duplicate's earlier copy) go out of
-    # bounds and are dropped by the scatter.
-    at = jnp.where(here & last_occurrence(ids), at, image.shape[0])
+    here, at = _local_rows(ids, embeddings.shape[0])
+    # Rows another device owns (or a duplicate's earlier copy, or every row
+    # of a skipped step) go out of bounds and are dropped by the scatter.
+    write = here & last_occurrence(ids) & ~skip
+    at = jnp.where(write, at, embeddings.shape[0])
     put = lambda t, v: t.at[at].set(v, mode="drop")
-    return (put(image, _gather(_encode(new_image, storage))),
-            put(text, _gather(_encode(new_text, storage))),
+    new = _encode(jnp.concatenate([new_image, new_text], axis=1), storage)
+    return (put(embeddings, _gather(new)),
             put(seen_step, jnp.broadcast_to(step + 1, ids.shape).astype(jnp.int32)))
 
-  image, text, seen_step = jax.shard_map(
-      local, mesh=mesh, in_specs=(rows, rows, rows, rows, rows, rows, P()),
-      out_specs=(rows, rows, rows))(
-          bank.image, bank.text, bank.seen_step, ids,
+  embeddings, seen_step = jax.shard_map(
+      local, mesh=mesh, in_specs=(rows, rows, rows, rows, rows, P(), P()),
+      out_specs=(rows, rows))(
+          bank.embeddings, bank.seen_step, ids,
           jax.lax.stop_gradient(image_emb), jax.lax.stop_gradient(text_emb),
-          jnp.asarray(step, jnp.int32))
-  return Bank(image=image, text=text, seen_step=seen_step)
+          jnp.asarray(step, jnp.int32), skip)
+  return Bank(embeddings=embeddings, seen_step=seen_step)

@@ -132,32 +132,33 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
     ema_params = state.ema_params
     if plan.uses_ema:
       ema_params = optax.incremental_update(params, ema_params, 1 - psd.ema_decay)
+    grad_norm = optax.global_norm(grads)
+    # A bad update is dropped, but the step still counts: the learning-rate
+    # and PSD schedules stay aligned with the data position (loop step).
+    bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) if guard else None
     bank = state.bank
     if plan.uses_bank:  # what the model (before this update) saw, for next time
+      # A bad step writes no row: masked in the scatter, so the bank is still
+      # updated in place (a `where` over it would keep two banks alive).
       bank = bank_lib.update(bank, batch["example_id"], aux.embeddings.image,
-                             aux.embeddings.text, state.step, mesh)
+                             aux.embeddings.text, state.step, mesh, skip=bad)
       metrics = dict(metrics, **bank_metrics)
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state, ema_params=ema_params,
                               model_state=aux.model_state, bank=bank)
-    grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, loss=loss, alpha=alpha, logit_scale=scale,
                    grad_norm=grad_norm, learning_rate=schedule(state.step))
     bias = logit_params(model, state.params)[1]
     if bias is not None:
       metrics["logit_bias"] = bias
     if guard:
-      # A bad update is dropped, but the step still counts: the learning-rate
-      # and PSD schedules stay aligned with the data position (loop step).
-      bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
       keep_old = lambda old, new: jax.tree.map(
           lambda o, n: jnp.where(bad, o, n), old, new)
       new_state = new_state.replace(
           params=keep_old(state.params, new_state.params),
           opt_state=keep_old(state.opt_state, new_state.opt_state),
           ema_params=keep_old(state.ema_params, new_state.ema_params),
-          model_state=keep_old(state.model_state, new_state.model_state),
-          bank=keep_old(state.bank, new_state.bank))
+          model_state=keep_old(state.model_state, new_state.model_state))
       metrics["nonfinite"] = bad
     return new_state, metrics
 
