@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags
 
-from launch import local, report, spec, tpu_vm
+from launch import fit_check, local, report, spec, tpu_vm
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep(); "
                              "FILE:ARG calls get_sweep(ARG).")
@@ -42,6 +42,13 @@ _STAGES = flags.DEFINE_list("tpu_stages", ["create", "install", "run"],
                             "that order.")
 _DETACH = flags.DEFINE_bool("tpu_detach", False, "tpu_vm: start the runs in the "
                             "background on the workers (nohup) and return.")
+_AOT_CHECK = flags.DEFINE_bool(
+    "aot_check", True, "tpu_vm: first compile every run for the VM's topology "
+    "on this machine (python -m cvlg_jax.aot; needs the libtpu wheel), and "
+    "stop before creating anything if one does not fit.")
+_AOT_EXAMPLES = flags.DEFINE_integer(
+    "aot_num_examples", 0, "tpu_vm: training examples for that check when the "
+    "data is not readable from here (sizes the bank); 0: open the source.")
 tpu_vm.define_flags()
 flags.mark_flag_as_required("sweep")
 
@@ -137,6 +144,14 @@ def _main():
     return
 
   tpu_vm.check_gcs(root)
+  if _AOT_CHECK.value:
+    failed = fit_check.check_runs(sweep.config, runs, flags.FLAGS.accelerator_type,
+                                  num_examples=_AOT_EXAMPLES.value)
+    if failed:
+      print(f"{len(failed)} run(s) would not run on {flags.FLAGS.accelerator_type}; "
+            "nothing was created (--noaot_check skips this check):\n  "
+            + "\n  ".join(failed), file=sys.stderr)
+      sys.exit(6)
   plan = tpu_vm_plan(sweep.config, runs, _STAGES.value, _DETACH.value,
                      tpu_vm.vm_from_flags(), tpu_vm.source_from_flags())
   sys.exit(run_tpu_vm(plan, _DRY_RUN.value))

@@ -11,6 +11,14 @@ python3 -m venv .venv
 if [[ "${CVLG_SKIP_INTEROP:-0}" != 1 ]]; then
   .venv/bin/python -m pip install -q -r requirements-interop.txt -c requirements.txt
 fi
+# libtpu, in a folder of its own: only the ahead-of-time TPU compile tests put
+# it on their path (tests/run/test_aot.py), so no other test loads libtpu,
+# probes for a TPU or prints its warnings. CVLG_SKIP_TPU_AOT=1 leaves it out.
+if [[ "${CVLG_SKIP_TPU_AOT:-0}" != 1 ]]; then
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .libtpu \
+    -r requirements-tpu-aot.txt
+  export CVLG_LIBTPU_DIR="$PWD/.libtpu"
+fi
 export XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu \
        TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

@@ -62,7 +62,7 @@ def _has(tokens, seq) -> bool:
 def test_tpu_vm_dry_run_prints_every_gcloud_command(tmp_path):
   path = _sweep_file(tmp_path, "configs/demo.py",
                      [{"loss.name": "clip"}, {"loss.name": "psd"}])
-  out = _cli(tmp_path, f"--sweep={path}", "--backend=tpu_vm", "--root=gs://b/sw",
+  out = _cli(tmp_path, f"--sweep={path}", "--backend=tpu_vm", "--noaot_check", "--root=gs://b/sw",
              "--tpu_name=my-tpu", "--zone=europe-west4-a", "--project=proj",
              "--accelerator_type=v4-32", "--runtime_version=tpu-ubuntu2204-base",
              "--repo_url=https://example.com/cvlg_jax.git", "--git_ref=v1",
@@ -94,7 +94,7 @@ def test_tpu_vm_dry_run_prints_every_gcloud_command(tmp_path):
 
 def test_tpu_vm_requires_a_gcs_root(tmp_path):
   path = _sweep_file(tmp_path, "configs/demo.py", [{}])
-  out = _run_cli(tmp_path, "launch.sweep", f"--sweep={path}", "--backend=tpu_vm",
+  out = _run_cli(tmp_path, "launch.sweep", f"--sweep={path}", "--backend=tpu_vm", "--noaot_check",
                  f"--root={tmp_path}", "--dry_run")
   assert out.returncode != 0 and "must be on GCS" in out.stderr
 
@@ -148,7 +148,7 @@ def test_remote_command_survives_a_real_shell(tmp_path):
 def test_tpu_vm_dry_run_copies_head_without_repo_url_and_detaches(tmp_path):
   path = _sweep_file(tmp_path, "configs/demo.py:noise=0.2",
                      [{"train.seed": 0}, {"train.seed": 1}])
-  out = _cli(tmp_path, f"--sweep={path}", "--backend=tpu_vm", "--root=gs://b/sw",
+  out = _cli(tmp_path, f"--sweep={path}", "--backend=tpu_vm", "--noaot_check", "--root=gs://b/sw",
              "--zone=", "--tpu_stages=install,run", "--tpu_detach", "--dry_run")
   cmds = [shlex.split(l) for l in out.splitlines() if not l.startswith("#")]
   assert cmds[0] == ["git", "-C", REPO, "archive", "--format=tar.gz", "-o",
@@ -164,7 +164,7 @@ def test_tpu_vm_dry_run_copies_head_without_repo_url_and_detaches(tmp_path):
   assert inner.count("cvlg_jax.main") == 2
   assert "--workdir=gs://b/sw/train.seed=1" in inner
   assert "--config=configs/demo.py:noise=0.2" in inner
-  bad = _run_cli(tmp_path, "launch.sweep", f"--sweep={path}", "--backend=tpu_vm",
+  bad = _run_cli(tmp_path, "launch.sweep", f"--sweep={path}", "--backend=tpu_vm", "--noaot_check",
                  "--root=gs://b/sw", "--tpu_stages=run,delete", "--tpu_detach",
                  "--dry_run")
   assert bad.returncode != 0 and "would kill them" in bad.stderr
@@ -203,7 +203,7 @@ def test_tpu_vm_backend_executes_in_order_and_always_deletes(tmp_path):
                      [{"loss.name": "clip"}, {"loss.name": "psd"}])
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   out = subprocess.run(
-      [sys.executable, "-m", "launch.sweep", f"--sweep={path}", "--backend=tpu_vm",
+      [sys.executable, "-m", "launch.sweep", f"--sweep={path}", "--backend=tpu_vm", "--noaot_check",
        "--root=gs://b/sw", "--repo_url=u", "--tpu_stages=create,install,run,delete"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1, out.stderr[-2000:]
