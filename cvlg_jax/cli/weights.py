@@ -32,6 +32,7 @@ import zipfile
 import numpy as np
 
 from cvlg_jax import fileio
+from cvlg_jax.models import hf_clip
 from cvlg_jax.models import pretrained as convert
 
 INTEROP_HINT = "pip install -r requirements-interop.txt"
@@ -89,10 +90,17 @@ def write_state_dict(state_dict: dict, path: str) -> None:
   torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
 
 
-def import_checkpoint(model_name: str, checkpoint: str, out: str, *,
-                      activation: str = "quick_gelu",
+def import_checkpoint(model_name: str | None, checkpoint: str, out: str, *,
+                      activation: str | None = None,
                       tokenizer_path: str = "") -> str:
   """Writes ``out/checkpoints/0`` and ``out/config.json``; returns the step dir."""
+  if hf_clip.is_hf_dir(checkpoint):
+    return import_hf_dir(checkpoint, out, model_name=model_name,
+                         activation=activation, tokenizer_path=tokenizer_path)
+  if model_name is None:
+    raise ValueError("--model is needed unless --checkpoint is a Hugging Face "
+                     "CLIPModel directory (whose config.json names it)")
+  activation = activation or "quick_gelu"
   import jax  # pylint: disable=import-outside-toplevel
   from cvlg_jax.run import checkpointing
   from cvlg_jax.config import base_config
@@ -154,6 +162,66 @@ def export_checkpoint(workdir: str, out: str, *, checkpoint: str | None = None,
           if model["name"] in convert.OPEN_CLIP_NAMES else None)
 
 
+def import_hf_dir(path: str, out: str, *, model_name: str | None = None,
+                  activation: str | None = None, tokenizer_path: str = "") -> str:
+  """A transformers CLIPModel directory -> ``out/checkpoints/0`` and
+  ``out/config.json``; returns the step dir. The model, activation, LayerNorm
+  epsilon and input sizes are read from its config.json, so a --model or
+  --activation that disagrees is an error rather than an override."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cvlg_jax.config import base_config
+  from cvlg_jax.run import checkpointing
+
+  step_dir = os.path.join(fileio.absolute(out), "checkpoints", "0")
+  if fileio.exists(step_dir):
+    raise FileExistsError(f"{step_dir} already exists; choose another --out")
+  variables, name, overrides = hf_clip.load_hf_dir(path)
+  for flag, given, key in (("--model", model_name, "model.name"),
+                           ("--activation", activation, "model.activation")):
+    if given is not None and given != overrides[key]:
+      raise ValueError(f"{flag}={given}, but {path}/config.json gives "
+                       f"{key}={overrides[key]} (leave {flag} out)")
+  params = variables["params"]
+  checkpointing.save_weights(step_dir, params)
+  config = base_config()
+  for key, value in overrides.items():  # model.name, model.activation, ...
+    group, field = key.split(".")
+    config[group][field] = value
+  config.data.tokenizer = "clip_bpe"
+  config.data.tokenizer_path = tokenizer_path
+  fileio.write_text_atomic(os.path.join(out, "config.json"),
+                           config.to_json_best_effort(indent=2, sort_keys=True))
+  act = overrides["model.activation"]
+  info = dict(source=os.path.abspath(path), format="hf", model=name,
+              activation=act,
+              layer_norm_epsilon=overrides["model.layer_norm_epsilon"],
+              num_params=sum(int(np.size(v)) for v in jax.tree.leaves(params)),
+              open_clip_name=convert.open_clip_model_name(name, act)
+              if name in convert.OPEN_CLIP_NAMES and act in ("quick_gelu", "gelu")
+              else None,
+              image_size=overrides["data.image_size"],
+              context_length=overrides["data.context_length"],
+              vocab_size=overrides["data.vocab_size"])
+  fileio.write_text_atomic(os.path.join(out, "import_info.json"),
+                           json.dumps(info, indent=2))
+  return step_dir
+
+
+def export_hf_dir(workdir: str, out: str, *, checkpoint: str | None = None) -> str:
+  """Writes the workdir's weights as a transformers CLIPModel directory
+  (config.json + model.safetensors); returns it. No --allow_mismatch needed:
+  config.json carries any activation (gelu_tanh too) and epsilon."""
+  from cvlg_jax.run import checkpointing, init_from
+
+  step_dir = init_from.find_step_dir(checkpoint or workdir)
+  model = init_from.recorded_model(step_dir)
+  if model is None:
+    raise FileNotFoundError(f"no config.json next to {step_dir}'s checkpoints "
+                            "(the workdir of a cvlg_jax run or import)")
+  weights = checkpointing.restore_weights(step_dir)
+  return hf_clip.save_hf_dir(weights["params"], model["name"], model, out)
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m cvlg_jax.pretrained",
@@ -161,12 +229,14 @@ def _parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
   imp = commands.add_parser("import", help="a .pt/.safetensors file -> a "
                             "cvlg_jax checkpoint workdir")
-  imp.add_argument("--model", required=True, choices=sorted(convert.SUPPORTED),
-                   help="cvlg_jax model name")
+  imp.add_argument("--model", default=None, choices=sorted(convert.SUPPORTED),
+                   help="cvlg_jax model name (read from config.json for a "
+                   "Hugging Face directory)")
   imp.add_argument("--checkpoint", required=True,
-                   help="OpenAI .pt archive, open_clip .pt/.bin, or .safetensors")
+                   help="OpenAI .pt archive, open_clip .pt/.bin, .safetensors, or a "
+                   "Hugging Face CLIPModel directory")
   imp.add_argument("--out", required=True, help="output workdir (new)")
-  imp.add_argument("--activation", default="quick_gelu",
+  imp.add_argument("--activation", default=None,
                    choices=["quick_gelu", "gelu"],
                    help="MLP activation the weights were trained with: OpenAI "
                    "quick_gelu (default); open_clip configs without -quickgelu: gelu")
@@ -177,7 +247,11 @@ def _parser() -> argparse.ArgumentParser:
   exp.add_argument("--workdir", required=True, help="cvlg_jax workdir")
   exp.add_argument("--checkpoint", default=None,
                    help="a step directory (default: the workdir's newest)")
-  exp.add_argument("--out", required=True, help="output .pt or .safetensors file")
+  exp.add_argument("--out", required=True, help="output .pt or .safetensors "
+                   "file; with --format=hf a directory")
+  exp.add_argument("--format", default="open_clip", choices=["open_clip", "hf"],
+                   help="open_clip state dict (default) or a Hugging Face "
+                   "CLIPModel directory (config.json + model.safetensors)")
   exp.add_argument("--allow_mismatch", action="store_true",
                    help="export a model whose activation / layer-norm epsilon "
                    "open_clip cannot reproduce (its outputs will differ)")
@@ -194,9 +268,16 @@ def main(argv=None) -> int:
       step_dir = import_checkpoint(args.model, args.checkpoint, args.out,
                                    activation=args.activation,
                                    tokenizer_path=args.tokenizer_path)
-      print(f"wrote {step_dir} (model.name={args.model}, model.activation="
-            f"{args.activation}, model.layer_norm_epsilon=1e-5; see "
+      from cvlg_jax.run import init_from  # pylint: disable=import-outside-toplevel
+      model = init_from.recorded_model(step_dir)
+      print(f"wrote {step_dir} (model.name={model['name']}, model.activation="
+            f"{model['activation']}, model.layer_norm_epsilon="
+            f"{model['layer_norm_epsilon']}; see "
             f"{os.path.join(args.out, 'config.json')})")
+    elif args.format == "hf":
+      out = export_hf_dir(args.workdir, args.out, checkpoint=args.checkpoint)
+      print(f"wrote {out}; load it with transformers.CLIPModel."
+            f"from_pretrained({out!r})")
     else:
       name = export_checkpoint(args.workdir, args.out, checkpoint=args.checkpoint,
                                allow_mismatch=args.allow_mismatch)
