@@ -95,15 +95,16 @@ SHORT_RUN_PSD = ("bank", "paper")
 
 def set_psd(c, teacher: str = DEFAULT_PSD[0], schedule: str = DEFAULT_PSD[1],
             where: str = "config") -> None:
-  """PSD's teacher and schedule; call after ``c.train.steps`` is set (the
-  ramp is a fraction of it)."""
+  """PSD's teacher and schedule. The ramp is a fraction of the run
+  (``loss.psd.ramp_fraction``), resolved when the run starts, so an override
+  of ``train.steps`` rescales it."""
   if schedule not in PSD_SCHEDULES:
     raise ValueError(f"{where}: schedule={schedule!r}; allowed: "
                      f"{', '.join(PSD_SCHEDULES)}")
   alpha, fraction, ramp = PSD_SCHEDULES[schedule]
   c.loss.psd.teacher = teacher
   c.loss.psd.alpha_final, c.loss.psd.subset_fraction = alpha, fraction
-  c.loss.psd.ramp_steps = max(1, round(ramp * c.train.steps))
+  c.loss.psd.ramp_fraction, c.loss.psd.ramp_steps = ramp, -1
 
 
 PRETRAIN_ARGS = {"model": str, "dtype": str, "loss": str, "data_dir": str,
@@ -137,7 +138,7 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
   c.train.batch_size = batch
   c.train.steps = max(1, epochs * num_examples // batch)
   c.train.log_every = 100
-  c.train.eval_every = max(1, num_examples // batch)  # once per epoch
+  c.train.eval_every_epochs = 1.0  # once per epoch, whatever the batch
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
 
@@ -155,6 +156,7 @@ def pretrain_config(num_examples: int, arg=None, *, epochs: int = 30):
     c.data.worker_count = args.get("workers", 0)
     c.train.batch_size, c.train.steps = 16, args.get("steps", 4)
     c.train.log_every = c.train.eval_every = c.train.checkpoint_every = 2
+    c.train.eval_every_epochs = 0.0
     c.optim.warmup_steps = 1
     c.eval = {}
   set_psd(c, args.get("teacher", DEFAULT_PSD[0]),

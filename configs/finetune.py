@@ -75,11 +75,11 @@ def get_config(arg=None):
   c.train.batch_size = batch
   c.train.steps = max(1, epochs * num_examples // batch)
   c.train.log_every = 50
-  c.train.eval_every = max(1, num_examples // batch)  # once per epoch
+  c.train.eval_every_epochs = 1.0  # once per epoch, whatever the batch
   c.train.checkpoint_every = 500
 
   c.optim.learning_rate = args.get("lr", 1e-5)
-  c.optim.warmup_steps = min(500, c.train.steps // 10)
+  c.optim.warmup_fraction = 0.1  # of the run's steps, resolved at its start
   c.optim.weight_decay = 0.1
 
   eval_suite.add_to(c, args)
@@ -92,8 +92,8 @@ def get_config(arg=None):
     c.data.worker_count = 0
     c.train.batch_size, c.train.steps = 8, args.get("steps", 2)
     c.train.log_every = c.train.checkpoint_every = 1
-    c.train.eval_every = 1000
-    c.optim.warmup_steps = 0
+    c.train.eval_every, c.train.eval_every_epochs = 1000, 0.0
+    c.optim.warmup_steps, c.optim.warmup_fraction = 0, 0.0
     c.eval = {}
   set_psd(c, args.get("teacher", SHORT_RUN_PSD[0]),
           args.get("schedule", SHORT_RUN_PSD[1]), "configs/finetune.py")

@@ -77,15 +77,7 @@ def get_config(arg=None):
     c.eval.memorisation.num_examples = 20
   common.set_psd(c, args.get("teacher", "self"), args.get("schedule", "paper"),
                  "configs/memorisation.py")
-  per_epoch = max(1, (_source_size(c, real) - c.data.num_heldout)
-                  // c.train.batch_size)
-  c.loss.psd.ema_decay = 1.0 - 1.0 / per_epoch
+  # Decay 1 - 1 / steps per epoch, resolved when the run starts (the config
+  # file opens no data).
+  c.loss.psd.ema_horizon_epochs = 1.0
   return c
-
-
-def _source_size(c, real: bool) -> int:
-  """Examples in the training source (opened only for real data)."""
-  if not real:
-    return c.data.num_train + c.data.num_heldout
-  from cvlg_jax.data import pipeline
-  return len(pipeline.train_source(c))

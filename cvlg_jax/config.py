@@ -69,13 +69,20 @@ def base_config() -> ml_collections.ConfigDict:
       chunk_size=0,
       psd=dict(
           alpha_final=0.5,
-          ramp_steps=-1,          # -1: all training steps
+          # alpha reaches alpha_final after ramp_fraction x train.steps (resolved
+          # when the run starts, so a train.steps override rescales it);
+          # ramp_steps > 0 fixes the count instead.
+          ramp_fraction=1.0,
+          ramp_steps=-1,
           ramp_unit="step",       # step | epoch
           subset="random",        # random | all
           subset_fraction=0.5,
           teacher_temperature=1.0,
           teacher="self",         # self | ema | bank
           ema_decay=0.999,
+          # > 0: the EMA averages over this many epochs instead, decay =
+          # 1 - 1 / (epochs x steps per epoch), resolved when the run starts.
+          ema_horizon_epochs=0.0,
           bank_dtype="bfloat16",  # bank: storage dtype of the embeddings
           # bank: refuse to start when each device's share of the bank
           # (examples / devices x 2 x embed_dim x bytes) exceeds this.
@@ -84,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.optim = dict(
-      learning_rate=5e-4, warmup_steps=100, min_lr_ratio=0.0,
+      # warmup_fraction > 0: warm up over that fraction of train.steps
+      # (resolved when the run starts) instead of warmup_steps.
+      learning_rate=5e-4, warmup_steps=100, warmup_fraction=0.0, min_lr_ratio=0.0,
       weight_decay=0.2, b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
   )
 
@@ -96,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
       # the loss still contrasts the full batch (train_step.py).
       grad_accum_steps=1,
       log_every=50, eval_every=250, checkpoint_every=250,
+      # > 0: evaluate every this many epochs (resolved with the run's steps
+      # per epoch) instead of every eval_every steps.
+      eval_every_epochs=0.0,
       keep_checkpoints=3,
       # A checkpoint (step dir or workdir; cvlg_jax or `cvlg_jax.pretrained
       # import`) whose params and model state start a new run (init_from.py).
@@ -196,9 +208,13 @@ def _check_loss(config, paths: bool) -> None:
   _choice(psd.subset, PSD_SUBSETS, "loss.psd.subset")
   _choice(psd.ramp_unit, RAMP_UNITS, "loss.psd.ramp_unit")
   _positive(config, "loss.psd.bank_max_gib", "loss.psd.teacher_temperature")
+  if not 0 < psd.ramp_fraction <= 1:
+    raise ConfigError(f"config.loss.psd.ramp_fraction={psd.ramp_fraction} must "
+                      "be in (0, 1]")
+  _non_negative(config, "loss.psd.ema_horizon_epochs")
   if psd.ramp_steps == 0 or psd.ramp_steps < -1:
     raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
-                      "> 0, or -1 for all training steps")
+                      "> 0, or -1 for ramp_fraction of the training steps")
   _non_negative(config, "loss.chunk_size")
 
 
@@ -225,6 +241,7 @@ def _check_data(config, paths: bool) -> None:
 def _check_optim(config, paths: bool) -> None:
   _positive(config, "optim.learning_rate")
   _non_negative(config, "optim.warmup_steps")
+  _in_range(config.optim.warmup_fraction, 0.0, 1.0, "optim.warmup_fraction")
 
 
 def _check_train(config, paths: bool) -> None:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cvlg_jax.cli import train as cli_train
+from cvlg_jax.cli import common, train as cli_train
 from cvlg_jax.run.loop import StepHooks
 
 # Token id far outside any vocabulary: the embedding lookup (jnp.take, "fill"
@@ -47,4 +47,5 @@ class FaultInjection(StepHooks):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: cli_train.main(argv, hooks=FaultInjection()))
+  app.run(lambda argv: cli_train.main(argv, hooks=FaultInjection()),
+          flags_parser=common.parse_flags)

@@ -217,7 +217,9 @@ def test_unknown_evaluator_type_and_entry_without_type():
     ("train.skip_nonfinite_steps", -1,
      "config.train.skip_nonfinite_steps=-1 must be >= 0 (0 = off)"),
     ("loss.psd.ramp_steps", 0,
-     "config.loss.psd.ramp_steps=0 must be > 0, or -1 for all training steps"),
+     "config.loss.psd.ramp_steps=0 must be > 0, or -1 for ramp_fraction of the "
+     "training steps"),
+    ("loss.psd.ramp_fraction", 0.0, "config.loss.psd.ramp_fraction=0.0 must be in (0, 1]"),
     ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1 must be >= 0"),
 ])
 def test_impossible_values(path, value, expected):
@@ -251,7 +253,9 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
   c = cc3m.get_config("data_dir=/d,smoke,steps=3")
   assert (c.train.steps, c.data.data_dir, c.model.name) == (3, "/d", "tiny")
   c = cc3m.get_config("num_examples=1000,batch=16,epochs=2")  # sets the epoch
-  assert (c.train.eval_every, c.train.steps) == (1000 // 16, 2 * 1000 // 16)
+  from cvlg_jax.step.plan import resolve_steps
+  assert c.train.steps == 2 * 1000 // 16  # evaluated once per epoch, when run:
+  assert resolve_steps(c, 1000 // 16)["eval_every"] == 1000 // 16
   for arg, message in (
       ("epoch=25", "unknown arg 'epoch'; allowed: batch, data_dir, dtype, epochs"),
       ("batch=abc", "arg batch='abc' must be an int"),
@@ -264,7 +268,8 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
   assert demo.get_config("clip,noise=0.2").data.caption_noise == 0.2
   assert finetune.get_config("smoke,lr=3e-5").optim.learning_rate == 3e-5
   m = memorisation.get_config("clip,noise=0.4,steps=100,schedule=early")
-  assert (m.loss.name, m.data.caption_noise, m.loss.psd.ramp_steps) == ("clip", 0.4, 25)
+  assert (m.loss.name, m.data.caption_noise, m.loss.psd.ramp_fraction) == ("clip", 0.4, 0.25)
+  assert make_plan(m, DEVICES).ramp_steps == 25  # resolved from train.steps=100
   with pytest.raises(ValueError, match="configs/memorisation.py: unknown arg 'teachr'"):
     memorisation.get_config("teachr=bank")
   args = {"clip": True, "noise": 0.4, "flip": False, "dataset": "folder:/x"}
@@ -285,11 +290,11 @@ def test_shipped_psd_configs_use_the_study_default_and_the_first_study_is_pinned
     alpha, fraction, ramp = common.PSD_SCHEDULES[schedule]
     psd = c.loss.psd
     assert (c.loss.name, psd.teacher, psd.alpha_final, psd.subset_fraction,
-            psd.ramp_steps) == ("psd", "bank", alpha, fraction,
-                                round(ramp * c.train.steps))
+            psd.ramp_fraction, psd.ramp_steps) == ("psd", "bank", alpha, fraction,
+                                                   ramp, -1)
   assert demo.get_config("teacher=ema,schedule=paper").loss.psd.teacher == "ema"
   with pytest.raises(ValueError, match="configs/demo.py: schedule='slow'"):
     demo.get_config("schedule=slow")
   psd = robustness.get_config().loss.psd
-  assert (psd.teacher, psd.alpha_final, psd.subset_fraction, psd.ramp_steps) == (
-      "self", 0.5, 0.5, -1)
+  assert (psd.teacher, psd.alpha_final, psd.subset_fraction, psd.ramp_steps,
+          psd.ramp_fraction) == ("self", 0.5, 0.5, -1, 1.0)

@@ -37,7 +37,8 @@ from cvlg_jax.run.metrics_log import MetricsLog
 from cvlg_jax.run.record import write as write_run_record
 from cvlg_jax.run.stopping import NonFiniteError, NonFiniteGuard, StopRequest
 from cvlg_jax.step import sharding
-from cvlg_jax.step.plan import RunPlan, make_plan
+from cvlg_jax.run.saved_config import check_resume
+from cvlg_jax.step.plan import RunPlan, make_plan, resolved
 from cvlg_jax.step.train_state import build, eval_variables, init_state
 from cvlg_jax.step.train_step import make_train_step
 
@@ -115,14 +116,15 @@ class _StepPlan(NamedTuple):
     return self.log or bool(self.evaluate) or self.save
 
 
-def _plan(step, config, evaluators, stop_requested) -> _StepPlan:
+def _after_step(step, run_plan: RunPlan, evaluators, stop_requested) -> _StepPlan:
+  config = run_plan.config
   tc, total = config.train, config.train.steps
   return _StepPlan(
       log=step % tc.log_every == 0 or step == total,
       # A stop skips evaluation, to stay inside a preemption grace period.
       evaluate=[] if stop_requested else [
           n for n in evaluators if eval_common.due(
-              config.eval, n, step, default_every=tc.eval_every, last_step=total)],
+              config.eval, n, step, default_every=run_plan.eval_every, last_step=total)],
       save=step % tc.checkpoint_every == 0 or step == total or stop_requested,
       stop=stop_requested)
 
@@ -199,19 +201,29 @@ def run(config, workdir: str, *, plan: RunPlan | None = None,
 
 
 def _resume_or_init(loop: _Loop, state):
-  """(state, checkpoint meta, start step): the newest readable checkpoint,
-  else ``train.init_from``'s weights, else the fresh state."""
+  """(state, checkpoint meta, start step, config changes): the newest
+  readable checkpoint, else ``train.init_from``'s weights, else the fresh
+  state. A resume first compares the config with the run's config.json:
+  what it cannot honour is refused in one line (ConfigMismatchError), the
+  rest is warned about and recorded in run_info.json."""
+  changed = {}
+  if loop.ckpt.latest_step() is not None:
+    changed = check_resume(loop.config, loop.workdir)
+    if changed:
+      logging.warning("Resuming with a changed config (recorded in run_info.json): %s",
+                      ", ".join(f"{k} {old!r} -> {new!r}"
+                                for k, (old, new) in changed.items()))
   restored, meta, start = loop.ckpt.restore_latest(
       checkpointing.abstract_like(state, loop.state_shardings), loop.data_iter)
   if restored is not None:
     logging.info("Resumed from checkpoint at step %d.", start)
-    return restored, meta, start
+    return restored, meta, start, changed
   if loop.config.train.init_from:  # a resumed run keeps its own weights
     from cvlg_jax.run import init_from
     state, source = init_from.load(loop.config, state, loop.state_shardings,
                                    loop.config.train.init_from)
     logging.info("Initialised params and model state from %s.", source)
-  return state, meta, 0
+  return state, meta, 0, {}
 
 
 def _evaluators(loop: _Loop) -> dict:
@@ -241,10 +253,11 @@ def _metrics_row(step, total, metrics, throughput, guard, skips, tc) -> dict:
 
 def _train(loop: _Loop, state) -> dict:
   config, tc = loop.config, loop.config.train
-  state, meta, start = _resume_or_init(loop, state)
+  state, meta, start, changed = _resume_or_init(loop, state)
   lead = jax.process_index() == 0
   if lead:
-    write_run_record(config, loop.workdir, loop.mesh, resumed_from=start or None)
+    write_run_record(config, loop.workdir, loop.mesh, resumed_from=start or None,
+                     resolved=resolved(loop.plan), changed_on_resume=changed)
   from clu import metric_writers
   writer = metric_writers.create_default_writer(loop.workdir, just_logging=not lead)
   log = MetricsLog(loop.workdir, resume_step=start, writer=writer, write_file=lead)
@@ -265,7 +278,7 @@ def _train(loop: _Loop, state) -> dict:
     if pending is not None:
       guard.check(*pending)  # the previous step, long finished on device
     pending = (step, metrics)
-    plan = _plan(step, config, evaluators, _stop_requested(loop, step))
+    plan = _after_step(step, loop.plan, evaluators, _stop_requested(loop, step))
     if not plan.anything:
       continue
     guard.check(*pending)  # nothing of a bad step may be logged or saved

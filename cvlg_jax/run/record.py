@@ -32,9 +32,23 @@ def _git(*args):
   return out.stdout.strip() if out.returncode == 0 else None
 
 
-def write(config, workdir, mesh, *, resumed_from: int | None = None):
-  """``config.json`` (resolved) and ``run_info.json`` (code, versions, devices),
-  for reproducing the run later. Rewritten at every (re)start."""
+def _changes(workdir, resumed_from, changed) -> list:
+  """Earlier resumes' changes (from the previous run_info.json) plus this one's."""
+  path = os.path.join(workdir, "run_info.json")
+  earlier = []
+  if resumed_from and fileio.exists(path):
+    earlier = json.loads(fileio.read_text(path)).get("changed_on_resume") or []
+  if changed:
+    earlier = earlier + [dict(step=resumed_from, changes=changed)]
+  return earlier
+
+
+def write(config, workdir, mesh, *, resumed_from: int | None = None,
+          resolved: dict | None = None, changed_on_resume: dict | None = None):
+  """``config.json`` (resolved) and ``run_info.json`` (code, versions, devices,
+  what the run plan resolved, and the config keys a resume changed: {key:
+  [old, new]}), for reproducing the run later. Rewritten at every (re)start;
+  the keys changed by earlier resumes are kept."""
   import importlib.metadata as md
   import sys
   from cvlg_jax import __version__
@@ -56,6 +70,7 @@ def write(config, workdir, mesh, *, resumed_from: int | None = None):
                 device_kind=jax.devices()[0].device_kind,
                 process_count=jax.process_count(),
                 mesh={k: int(v) for k, v in mesh.shape.items()},
-                resumed_from_step=resumed_from,
+                resumed_from_step=resumed_from, resolved=resolved,
+                changed_on_resume=_changes(workdir, resumed_from, changed_on_resume),
                 started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
   _write_json(os.path.join(workdir, "run_info.json"), record)

@@ -82,3 +82,49 @@ def differing_keys(config, workdir: str, limit: int = 6) -> str:
            for k in keys[:limit]]
   more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
   return ", ".join(shown) + more
+
+
+# What a resumed run may not change: the shapes of the train state (model,
+# tokenizer, image size, the bank's rows and storage) and which example each
+# batch row is (data order, the held-out split, caption noise, the seed).
+FROZEN_ON_RESUME = (
+    "model.", "data.source", "data.data_dir", "data.tfds_name", "data.tfds_split",
+    "data.image_key", "data.caption_key", "data.num_train", "data.num_heldout",
+    "data.caption_noise", "data.tokenizer", "data.tokenizer_path",
+    "data.vocab_size", "data.context_length", "data.image_size", "loss.name",
+    "loss.psd.teacher", "loss.psd.bank_dtype", "train.batch_size", "train.seed")
+
+
+def resume_changes(config, workdir: str) -> tuple[list[str], dict]:
+  """``(refused, allowed)`` between ``config`` and the run's config.json:
+  the keys of :data:`FROZEN_ON_RESUME` that differ (a resume cannot honour
+  them), and ``{key: [old, new]}`` of the others that differ (it can, with a
+  warning). Both empty without a config.json."""
+  recorded = read_run_dict(workdir)
+  if recorded is None:
+    return [], {}
+  ours = _flat(json.loads(config.to_json_best_effort()))
+  theirs = _flat(recorded)
+  differ = sorted(k for k in ours.keys() | theirs.keys()
+                  if ours.get(k) != theirs.get(k))
+  refused = [k for k in differ if k.startswith(FROZEN_ON_RESUME)]
+  allowed = {k: [theirs.get(k), ours.get(k)] for k in differ if k not in refused}
+  return refused, allowed
+
+
+def check_resume(config, workdir: str) -> dict:
+  """Raises :class:`ConfigMismatchError` (one line naming the keys, old and
+  new values) when ``config`` changes what a resume cannot honour; returns
+  the changes it can (to warn about and record)."""
+  refused, allowed = resume_changes(config, workdir)
+  if refused:
+    recorded = _flat(read_run_dict(workdir))
+    ours = _flat(json.loads(config.to_json_best_effort()))
+    shown = ", ".join(f"{k} ({recorded.get(k)!r} -> {ours.get(k)!r})"
+                      for k in refused[:6])
+    more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+    raise ConfigMismatchError(
+        f"{workdir} holds a run whose {shown}{more} differ from this config; "
+        "a resume cannot change them (they shape the state or the data order): "
+        "use the run's own values or a new --workdir")
+  return allowed

@@ -16,17 +16,20 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-  warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
+def learning_rate_schedule(optim_cfg, total_steps: int,
+                           warmup_steps: int | None = None) -> optax.Schedule:
+  """``warmup_steps``: the run's resolved warm-up (default the config's)."""
+  warmup = optim_cfg.warmup_steps if warmup_steps is None else warmup_steps
+  warmup = min(warmup, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=optim_cfg.learning_rate, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1),
       end_value=optim_cfg.learning_rate * optim_cfg.min_lr_ratio)
 
 
-def make_optimizer(optim_cfg, total_steps: int):
+def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int | None = None):
   """(optax transformation, learning-rate schedule)."""
-  schedule = learning_rate_schedule(optim_cfg, total_steps)
+  schedule = learning_rate_schedule(optim_cfg, total_steps, warmup_steps)
   parts = []
   if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))

@@ -35,6 +35,9 @@ class RunPlan:
   steps_per_epoch: int | None
   ramp_steps: int              # PSD: alpha reaches alpha_final after this many steps
   ramp_epoch_steps: int | None  # PSD ramp_unit=epoch: alpha moves once per epoch
+  ema_decay: float             # the EMA teacher's decay per step
+  warmup_steps: int            # learning-rate warm-up
+  eval_every: int              # steps between evaluations (every evaluator's default)
 
   @property
   def total_steps(self) -> int:
@@ -68,7 +71,10 @@ def make_plan(config, num_devices: int, *, open_data: bool = True,
   teacher = config.loss.psd.teacher if spec.distills else None
   shape = _check_devices(config, num_devices)
   data = None
-  needs_size = teacher == "bank" or config.loss.psd.ramp_unit == "epoch"
+  psd = config.loss.psd
+  needs_size = (teacher == "bank" or psd.ramp_unit == "epoch"
+                or (teacher == "ema" and psd.ema_horizon_epochs > 0)
+                or config.train.eval_every_epochs > 0)
   if num_examples is None and (open_data or needs_size):
     try:
       data = pipeline.train_data(config)
@@ -78,15 +84,47 @@ def make_plan(config, num_devices: int, *, open_data: bool = True,
           f"not open: {e}") from None
   examples = num_examples if data is None else len(data.trained_indices())
   per_epoch = None if examples is None else max(1, examples // config.train.batch_size)
-  psd = config.loss.psd
   plan = RunPlan(
       config=config, loss=spec, teacher=teacher, mesh_shape=shape, data=data,
       num_examples=examples, steps_per_epoch=per_epoch,
-      ramp_steps=psd.ramp_steps if psd.ramp_steps > 0 else config.train.steps,
-      ramp_epoch_steps=per_epoch if psd.ramp_unit == "epoch" else None)
+      ramp_epoch_steps=per_epoch if psd.ramp_unit == "epoch" else None,
+      **resolve_steps(config, per_epoch))
   if plan.uses_bank:
     _check_bank_fits(plan, num_devices)
   return plan
+
+
+def _fraction_of_steps(fraction: float, steps: int) -> int:
+  return max(1, round(fraction * steps))
+
+
+def resolve_steps(config, steps_per_epoch: int | None) -> dict:
+  """The step counts a config gives as fractions of the run or in epochs,
+  from this run's ``train.steps`` and steps per epoch: so an override of
+  either rescales them (nothing is frozen when the config file is built)."""
+  psd, optim, train = config.loss.psd, config.optim, config.train
+  steps = train.steps
+  per_epoch = steps_per_epoch or 1  # unopened data: the epoch keys are unused
+  ema = psd.ema_decay
+  if psd.ema_horizon_epochs > 0:
+    ema = 1.0 - 1.0 / max(1.0, psd.ema_horizon_epochs * per_epoch)
+  return dict(
+      ramp_steps=(psd.ramp_steps if psd.ramp_steps > 0
+                  else _fraction_of_steps(psd.ramp_fraction, steps)),
+      ema_decay=ema,
+      warmup_steps=(round(optim.warmup_fraction * steps)
+                    if optim.warmup_fraction > 0 else optim.warmup_steps),
+      eval_every=(max(1, round(train.eval_every_epochs * per_epoch))
+                  if train.eval_every_epochs > 0 else train.eval_every))
+
+
+def resolved(plan: RunPlan) -> dict:
+  """What the run record lists as resolved at the start (run_info.json)."""
+  return dict(num_examples=plan.num_examples, steps_per_epoch=plan.steps_per_epoch,
+              teacher=plan.teacher, psd_ramp_steps=plan.ramp_steps,
+              ema_decay=plan.ema_decay if plan.uses_ema else None,
+              warmup_steps=plan.warmup_steps, eval_every=plan.eval_every,
+              mesh=dict(zip(sharding.AXES, plan.mesh_shape)))
 
 
 def _check_devices(config, num_devices: int) -> tuple[int, int]:

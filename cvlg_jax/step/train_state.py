@@ -76,7 +76,7 @@ def build(plan, tokenizer=None):
                       sigmoid=plan.loss.kind == "sigmoid",
                       activation=config.model.activation,
                       layer_norm_epsilon=config.model.layer_norm_epsilon)
-  tx, schedule = make_optimizer(config.optim, plan.total_steps)
+  tx, schedule = make_optimizer(config.optim, plan.total_steps, plan.warmup_steps)
   return tokenizer, model, tx, schedule
 
 

@@ -131,7 +131,7 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if plan.uses_ema:
-      ema_params = optax.incremental_update(params, ema_params, 1 - psd.ema_decay)
+      ema_params = optax.incremental_update(params, ema_params, 1 - plan.ema_decay)
     grad_norm = optax.global_norm(grads)
     # A bad update is dropped, but the step still counts: the learning-rate
     # and PSD schedules stay aligned with the data position (loop step).

@@ -46,3 +46,26 @@ def test_differences_list_shape_keys_first_and_are_capped(tmp_path):
   assert text == ("data.image_size (32 in config.json, 64 here), model.name "
                   "('tiny' in config.json, 'demo' here), optim.b1 (0.9 in "
                   "config.json, 0.1 here) and 4 more")
+
+
+def test_resume_refuses_what_shapes_the_state_or_the_data_order(tmp_path):
+  from cvlg_jax.run.saved_config import ConfigMismatchError, check_resume
+  c = config_lib.base_config()
+  _write(tmp_path, c)
+  c.data.num_heldout, c.model.name = 64, "demo"  # remaps bank rows; new params
+  with pytest.raises(ConfigMismatchError) as e:
+    check_resume(c, str(tmp_path))
+  message = str(e.value)
+  assert "\n" not in message
+  assert "data.num_heldout (0 -> 64)" in message and "model.name ('tiny' -> 'demo')" in message
+  assert "a new --workdir" in message
+
+
+def test_resume_lists_what_may_change(tmp_path):
+  from cvlg_jax.run.saved_config import check_resume, resume_changes
+  c = config_lib.base_config()
+  _write(tmp_path, c)
+  c.train.steps, c.optim.learning_rate = 30, 1e-3
+  assert check_resume(c, str(tmp_path)) == {
+      "optim.learning_rate": [5e-4, 1e-3], "train.steps": [1000, 30]}
+  assert resume_changes(c, str(tmp_path / "fresh")) == ([], {})

@@ -29,6 +29,30 @@ def test_teacher_only_when_the_loss_distils(loss, teacher, expected):
   assert plan.uses_bank == (expected == "bank") and plan.uses_ema == (expected == "ema")
 
 
+def test_step_counts_follow_a_train_steps_override():
+  """demo.py:tiny with --config.train.steps=300 used to ramp alpha over the
+  file's own 20 steps (frozen into ramp_steps when the file was built)."""
+  c = _tiny(**{"train.steps": 300, "optim.warmup_fraction": 0.1,
+               "loss.psd.ramp_fraction": 0.25})
+  plan = make_plan(c, 8)
+  assert (plan.ramp_steps, plan.warmup_steps) == (75, 30)
+  c.train.steps = 1000
+  assert (make_plan(c, 8).ramp_steps, make_plan(c, 8).warmup_steps) == (250, 100)
+  c.loss.psd.ramp_steps = 40  # a fixed count stays fixed
+  assert make_plan(c, 8).ramp_steps == 40
+
+
+def test_epoch_keys_follow_the_data_size():
+  c = _tiny(**{"data.num_train": 640, "train.batch_size": 64,
+               "train.eval_every_epochs": 2.0, "loss.psd.teacher": "ema",
+               "loss.psd.ema_horizon_epochs": 0.5})
+  plan = make_plan(c, 8)
+  assert plan.steps_per_epoch == 10 and plan.eval_every == 20
+  assert plan.ema_decay == pytest.approx(1 - 1 / 5)
+  c.data.num_train = 1280
+  assert make_plan(c, 8).eval_every == 40
+
+
 def test_examples_epochs_and_ramp_are_resolved_once():
   c = _tiny(**{"data.num_train": 1000, "data.num_heldout": 40,
                "train.batch_size": 64, "train.steps": 300,

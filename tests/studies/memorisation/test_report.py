@@ -11,6 +11,7 @@ import pytest
 from cvlg_jax import config as config_lib
 from studies.memorisation import report as mr
 from launch import report, spec
+from cvlg_jax.step.plan import make_plan
 
 SWEEP = os.path.join(spec.REPO, "studies/memorisation/sweep.py")
 
@@ -42,7 +43,9 @@ def test_sweep_stages_share_runs_and_schedules_reach_the_config(tmp_path):
   assert (cfg.loss.psd.alpha_final, cfg.loss.psd.subset_fraction,
           cfg.loss.psd.ramp_steps) == (0.8, 1.0, 200)
   assert cfg.data.num_train == 2048 and cfg.data.num_heldout == 256
-  assert cfg.train.steps == 800 and cfg.loss.psd.ema_decay == 1 - 1 / 16
+  # The EMA's horizon is one epoch, resolved when the run starts.
+  assert cfg.train.steps == 800 and cfg.loss.psd.ema_horizon_epochs == 1.0
+  assert make_plan(cfg, 8).ema_decay == 1 - 1 / 16
   assert set(cfg.eval) == {"synthetic", "memorisation", "heldout"}
   assert len(_runs(root, "seeds=1,noises=0.4")) == 4 + 2
   with pytest.raises(ValueError, match="schedule='fast'"):
