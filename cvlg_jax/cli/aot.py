@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from cvlg_jax.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
                                           lock_config=True)
@@ -44,7 +45,7 @@ _EVALUATORS = flags.DEFINE_bool("evaluators", True, "Also compile the "
                                 "evaluators' encode functions.")
 flags.mark_flags_as_required(["config"])
 
-EXIT_DOES_NOT_FIT = 6
+EXIT_DOES_NOT_FIT = 6  # common.EXIT_MEMORY
 GiB = 2 ** 30
 
 
@@ -78,12 +79,12 @@ def main(argv):
   from cvlg_jax import config as config_lib
   from cvlg_jax.run import aot
   from cvlg_jax.step.plan import make_plan
-  config, tpu = _CONFIG.value, _BACKEND.value == "tpu"
+  config, tpu = common.config_value(_CONFIG), _BACKEND.value == "tpu"
   topology = _TOPOLOGY.value if tpu else "cpu"
   try:
     devices = aot.topology_devices(_TOPOLOGY.value, _BACKEND.value)
   except (ValueError, ImportError, RuntimeError) as e:
-    _fail(2, f"cvlg_jax.aot: --topology={_TOPOLOGY.value}: {e} (--backend=tpu "
+    common.fail(2, f"cvlg_jax.aot: --topology={_TOPOLOGY.value}: {e} (--backend=tpu "
           "needs libtpu: pip install 'libtpu==0.0.42.*'; README 'Will it fit?')")
   hbm = (int(_HBM_GIB.value * GiB) if _HBM_GIB.value > 0
          else aot.hbm_of(_TOPOLOGY.value, _BACKEND.value))
@@ -92,7 +93,7 @@ def main(argv):
     plan = make_plan(config, len(devices), open_data=False,
                      num_examples=_NUM_EXAMPLES.value or None)
   except config_lib.ConfigError as e:
-    _fail(2, f"Invalid config: {e}")
+    common.fail(2, f"Invalid config: {e}")
   report = aot.compile_run(plan, devices, topology=topology, hbm_bytes=hbm,
                            evaluators=_EVALUATORS.value)
   print(format_report(report), flush=True)
@@ -100,14 +101,11 @@ def main(argv):
     with open(_JSON.value, "w") as f:
       json.dump(report.as_dict(), f, indent=1)
   if report.fits is False:
-    _fail(EXIT_DOES_NOT_FIT, aot.summary_line(report))
+    common.fail(EXIT_DOES_NOT_FIT, aot.summary_line(report))
 
 
-def _fail(code: int, message: str):
-  print(message, file=sys.stderr, flush=True)
-  sys.exit(code)
 
 
 def run():
   """The command line (``python -m cvlg_jax.aot``)."""
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, NamedTuple
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Before anything imports TensorFlow (configs -> clu, TFDS): no C++ INFO lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from cvlg_jax import fileio
-from cvlg_jax.run.saved_config import ConfigMismatchError, differing_keys, load_run_config
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cvlg_jax import fileio  # noqa: E402
+from cvlg_jax.cli import common  # noqa: E402
+from cvlg_jax.run.saved_config import (  # noqa: E402
+    ConfigMismatchError, differing_keys, load_run_config)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (default: WORKDIR/config.json, the run's own).",
@@ -47,11 +51,17 @@ def find_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int]:
       raise FileNotFoundError(f"--checkpoint={checkpoint} is not a checkpoint "
                               "step directory (expected .../checkpoints/<step>/state)")
     return path, int(step)
+  return committed_checkpoints(workdir)[0]
+
+
+def committed_checkpoints(workdir: str) -> list[tuple[str, int]]:
+  """(step directory, step) of every committed checkpoint, newest first."""
   root = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(d) for d in fileio.listdir(root) if d.isdigit())
+  steps = sorted((int(d) for d in fileio.listdir(root) if d.isdigit()),
+                 reverse=True)
   if not steps:
     raise FileNotFoundError(f"no committed checkpoint under {root}")
-  return os.path.join(root, str(steps[-1])), steps[-1]
+  return [(os.path.join(root, str(s)), s) for s in steps]
 
 
 class Restored(NamedTuple):
@@ -85,28 +95,42 @@ def restore(config, workdir: str, checkpoint: str | None = None) -> Restored:
   # or an evaluator reads it (memorisation, held-out pairs).
   plan = make_plan(config, jax.device_count(),
                    open_data=reads_train_data(config.eval))
-  path, step = find_checkpoint(workdir, checkpoint)
-  # The weights were trained with the recorded activation / LayerNorm eps.
-  init_from.check_options(config, path, f"checkpoint {path}")
+  candidates = ([find_checkpoint(workdir, checkpoint)] if checkpoint
+                else committed_checkpoints(workdir))
   mesh = sharding.make_mesh(config.mesh)
   tokenizer, model, tx, _ = train_state.build(plan)
   state, shardings = train_state.init_state(plan, model, tx, mesh)
-  if checkpointing.is_weights_only(path):  # `cvlg_jax.pretrained import`
-    state, _ = init_from.load(config, state, shardings, path,
-                              source=f"checkpoint {path}")
-  else:
-    abstract = checkpointing.abstract_like(state, shardings)
+  unreadable = []
+  for path, step in candidates:
+    # The weights were trained with the recorded activation / LayerNorm eps.
+    init_from.check_options(config, path, f"checkpoint {path}")
+    if checkpointing.is_weights_only(path):  # `cvlg_jax.pretrained import`
+      state, _ = init_from.load(config, state, shardings, path,
+                                source=f"checkpoint {path}")
+      break
     try:
-      state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"),
-                                                 abstract)
-    except Exception as e:  # pylint: disable=broad-except  (Orbax: tree/shape mismatch)
+      state = ocp.StandardCheckpointer().restore(
+          os.path.join(path, "state"), checkpointing.abstract_like(state, shardings))
+      break
+    except Exception as e:  # pylint: disable=broad-except  (Orbax: tree/shape, I/O)
       differ = differing_keys(config, workdir)
-      if not differ:
-        raise
-      raise ConfigMismatchError(
-          f"checkpoint {path} does not fit this config, which differs from the "
-          f"run's config.json in {differ} (restore: {type(e).__name__}); omit "
-          "--config to use the run's own config") from None
+      if differ:
+        raise ConfigMismatchError(
+            f"checkpoint {path} does not fit this config, which differs from "
+            f"the run's config.json in {differ} (restore: {type(e).__name__}); "
+            "omit --config to use the run's own config") from None
+      # As training does: a damaged newest checkpoint falls back to the last
+      # good one.
+      logging.warning("Checkpoint %s is unreadable (%s); trying an older one.",
+                      path, type(e).__name__)
+      unreadable.append(f"{step} ({type(e).__name__})")
+  else:
+    raise checkpointing.NoReadableCheckpointError(
+        f"no readable checkpoint in {workdir}: {', '.join(unreadable)} failed to "
+        "restore; name a good one with --checkpoint=DIR/checkpoints/<step>")
+  if unreadable:
+    logging.warning("Evaluating checkpoint %d; unreadable: %s.", step,
+                    ", ".join(unreadable))
   return Restored(path, step, tokenizer, model, mesh, state, shardings, config,
                   plan)
 
@@ -172,17 +196,18 @@ def format_table(report: dict) -> str:
 
 def main(argv):
   del argv
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  common.quiet_library_logs()
   from cvlg_jax import config as config_lib
+  from cvlg_jax.run import checkpointing
   try:
     report = evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
   except (config_lib.ConfigError, ConfigMismatchError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    common.fail(common.EXIT_USAGE, f"error: {e}")
+  except checkpointing.NoReadableCheckpointError as e:
+    common.fail(common.EXIT_RESUME, f"error: {e}")
   print(format_table(report))
 
 
 def run():
   """The command line (``python -m`` of the entry module)."""
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -4,7 +4,6 @@ back, and ``train.init_from`` on the imported workdir. Needs only
 safetensors: the directory is written by cvlg_jax itself (transformers'
 own loading of an export is tested in tests/models/test_hf_clip.py)."""
 
-import os
 
 import jax
 import jax.numpy as jnp
