@@ -2,10 +2,12 @@
 
     python -m launch.plot WORKDIR [WORKDIR ...] --out=curves.png
 
-Four panels on shared step axes: training loss, zero-shot top-1, the PSD
-weight α and the soft-target mass left on the positive pair (1 for CLIP; it
-drops as PSD hands mass to the teacher's other choices). Each run is labelled
-from its ``config.json`` (loss, caption noise, seed). The readers here are
+Four panels on shared step axes: the training loss against the one-hot
+targets (``clip_loss``: PSD's own loss mixes in soft targets, so its value
+is not comparable with CLIP's), zero-shot top-1, the PSD weight α and the
+soft-target mass left on the positive pair (1 for CLIP; it drops as PSD
+hands mass to the teacher's other choices). Each run is labelled from its
+``config.json`` (loss with its teacher, caption noise, seed). The readers here are
 also what the sweep report uses; they accept local paths and ``gs://`` URLs.
 """
 
@@ -19,7 +21,7 @@ import re
 
 from cvlg_jax import fileio
 
-PANELS = (("loss", "training loss"),
+PANELS = (("clip_loss", "training loss, one-hot targets"),
           ("zeroshot", "zero-shot top-1"),
           ("alpha", "α (distillation weight)"),
           ("positive_mass", "target mass on the positive"))
@@ -95,6 +97,8 @@ def final_values(rows: list[dict]) -> dict:
 def run_label(config: dict, fallback: str = "") -> str:
   try:
     label = config["loss"]["name"]
+    if label.endswith("psd"):  # which teacher distils is the run's identity
+      label += f"[{config['loss']['psd']['teacher']}]"
     noise = config["data"]["caption_noise"]
     seed = config["train"]["seed"]
   except (KeyError, TypeError):
@@ -114,6 +118,14 @@ def series(rows: list[dict], key: str | None):
   points = [(r["step"], r[key]) for r in rows if key in r
             and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
   return [s for s, _ in points], [v for _, v in points]
+
+
+def _panel_key(rows: list[dict], key: str) -> str | None:
+  if key == "zeroshot":
+    return zeroshot_key(rows)
+  if key == "clip_loss" and not any("clip_loss" in r for r in rows):
+    return "loss"  # runs logged before clip_loss existed
+  return key
 
 
 def labels_for(workdirs: list[str]) -> list[str]:
@@ -140,7 +152,7 @@ def draw(workdirs: list[str], fig=None, labels: list[str] | None = None):
       empty.append(workdir)
       continue
     for ax, (key, _) in zip(axes, PANELS):
-      steps, values = series(rows, zeroshot_key(rows) if key == "zeroshot" else key)
+      steps, values = series(rows, _panel_key(rows, key))
       if steps:
         ax.plot(steps, values, marker="o" if len(steps) < 12 else None,
                 markersize=3, label=label)
@@ -156,6 +168,28 @@ def draw(workdirs: list[str], fig=None, labels: list[str] | None = None):
   return fig
 
 
+SUMMARY_METRICS = ("zeroshot_top1", "zeroshot_top5", "i2t_R@1", "t2i_R@1")
+
+
+def summary(workdirs: list[str], labels: list[str] | None = None) -> str:
+  """A markdown table of each run's last evaluation (the metrics of
+  ``SUMMARY_METRICS`` each run logged, under any evaluator's prefix), so a
+  comparison ends with numbers as well as curves."""
+  labels = labels or labels_for(workdirs)
+  finals = [final_values(read_metrics(w)) for w in workdirs]
+  def metric(key):
+    return next((i for i, m in enumerate(SUMMARY_METRICS) if key.endswith(m)), None)
+  keys = sorted({k for f in finals for k in f if metric(k) is not None},
+                key=lambda k: (k.rsplit("/", 1)[0] if "/" in k else "", metric(k)))
+  lines = ["| run | step | " + " | ".join(keys) + " |",
+           "|---|---|" + "---|" * len(keys)]
+  for label, final in zip(labels, finals):
+    cells = [f"{100 * final[k]:.1f} %" if isinstance(final.get(k), (int, float))
+             else "–" for k in keys]
+    lines.append(f"| {label} | {final.get('step', '–')} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   from absl import flags
   workdirs = argv[1:]
@@ -166,6 +200,7 @@ def main(argv):
     if not read_metrics(workdir):
       print(f"warning: {workdir} has no metrics yet; skipped")
   fig = draw(workdirs)
+  print(summary(workdirs))
   out = flags.FLAGS.out
   buf = io.BytesIO()
   fig.savefig(buf, dpi=120, format=os.path.splitext(out)[1][1:] or "png")

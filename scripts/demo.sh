@@ -10,3 +10,6 @@ export TF_CPP_MIN_LOG_LEVEL=3
 out="${1:-/tmp/cvlg_demo}"
 .venv/bin/python -m cvlg_jax.main --config=configs/demo.py --workdir="$out/psd"
 .venv/bin/python -m cvlg_jax.main --config=configs/demo.py:clip --workdir="$out/clip"
+# Both runs side by side: the last evaluation as a table, the curves as a PNG.
+.venv/bin/python -m launch.plot "$out/psd" "$out/clip" --out="$out/curves.png"
+echo "Runs: $out/psd and $out/clip (metrics.jsonl, checkpoints/, run_info.json)."

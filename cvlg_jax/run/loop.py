@@ -130,14 +130,27 @@ def _after_step(step, run_plan: RunPlan, evaluators, stop_requested) -> _StepPla
 
 
 class _Throughput:
-  """Steps and examples per second since the last log, evaluation excluded."""
+  """Steps and examples per second since the last log, evaluation excluded.
+
+  The clock starts when the first step of this process has finished
+  (:meth:`started`), so the first rate and ETA leave out compilation; a log
+  on that very step reports the rate including it, being all there is."""
 
   def __init__(self, step, batch_size):
     self.t0, self.step, self.batch_size = time.time(), step, batch_size
+    self._compile = None  # (t0, step) until the first rate is taken
+
+  def started(self, step):
+    """The step that compiled has finished: rates count from here."""
+    self._compile = (self.t0, self.step)
+    self.t0, self.step = time.time(), step
 
   def rates(self, step) -> dict:
-    rate = (step - self.step) / max(time.time() - self.t0, 1e-9)
-    self.t0, self.step = time.time(), step
+    t0, since = self.t0, self.step
+    if step == since and self._compile is not None:
+      t0, since = self._compile
+    rate = (step - since) / max(time.time() - t0, 1e-9)
+    self.t0, self.step, self._compile = time.time(), step, None
     return dict(steps_per_sec=rate, examples_per_sec=rate * self.batch_size)
 
   def exclude(self, seconds):
@@ -275,6 +288,9 @@ def _train(loop: _Loop, state) -> dict:
     state, metrics = loop.train_step(
         state, sharding.shard_batch(hooks.batch(step, batch), loop.mesh))
     hooks.after_dispatch(step)
+    if step == start + 1:  # compiled and ran: from here on, the ETA is honest
+      jax.block_until_ready(metrics)
+      throughput.started(step)
     if pending is not None:
       guard.check(*pending)  # the previous step, long finished on device
     pending = (step, metrics)
