@@ -132,7 +132,7 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
     ema_params = state.ema_params
     if plan.uses_ema:
       ema_params = optax.incremental_update(params, ema_params, 1 - plan.ema_decay)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # A bad update is dropped, but the step still counts: the learning-rate
     # and PSD schedules stay aligned with the data position (loop step).
     bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) if guard else None
