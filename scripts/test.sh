@@ -10,6 +10,9 @@ python3 -m venv .venv
 # run too (they are skipped without it); CVLG_SKIP_INTEROP=1 leaves it out.
 if [[ "${CVLG_SKIP_INTEROP:-0}" != 1 ]]; then
   .venv/bin/python -m pip install -q -r requirements-interop.txt -c requirements.txt
+  # clip_benchmark's own code checks our CLIP_benchmark-format results
+  # (tests/evaluation/test_clip_benchmark.py); its dependencies are not needed.
+  .venv/bin/python -m pip install -q --no-deps clip_benchmark==1.6.2
 fi
 # libtpu, in a folder of its own: only the ahead-of-time TPU compile tests put
 # it on their path (tests/run/test_aot.py), so no other test loads libtpu,

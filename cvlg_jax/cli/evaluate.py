@@ -3,6 +3,7 @@
     python -m cvlg_jax.evaluate --workdir=DIR        # the run's own config.json
     python -m cvlg_jax.evaluate --config=configs/demo.py --workdir=DIR
     python -m cvlg_jax.evaluate --config=... --workdir=DIR --checkpoint=DIR/checkpoints/600
+    python -m cvlg_jax.evaluate --workdir=DIR --results_format=clip_benchmark
 
 Without ``--config`` the run's ``WORKDIR/config.json`` (what it trained with)
 is used. With it, a checkpoint that does not restore into ``--config``'s model
@@ -11,7 +12,10 @@ is reported in one line naming the keys where ``--config`` and
 unless ``--checkpoint`` names a step directory. Writes
 ``WORKDIR/eval/<step>.json`` and prints a table. Entries whose data set is
 missing are reported as skipped with the reason; they never stop the suite.
-Local paths and ``gs://`` alike (cvlg_jax.fileio).
+``--results_format=clip_benchmark`` also writes one CLIP_benchmark result
+file per zero-shot, retrieval and linear-probe entry into ``--results_dir``
+(cvlg_jax.evaluation.clip_benchmark). Local paths and ``gs://`` alike
+(cvlg_jax.fileio).
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint step directory (default: the latest "
     "under WORKDIR/checkpoints).")
+_RESULTS_FORMAT = flags.DEFINE_enum(
+    "results_format", "native", ["native", "clip_benchmark"],
+    "native: WORKDIR/eval/<step>.json only; clip_benchmark: also a LAION "
+    "CLIP_benchmark JSON per data set (zero-shot, retrieval, linear probe), "
+    "to merge into open_clip's results tables.")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", None, "Where --results_format=clip_benchmark writes "
+    "(default: WORKDIR/eval/clip_benchmark).")
+_PRETRAINED_NAME = flags.DEFINE_string(
+    "pretrained_name", None, "The `pretrained` label of CLIP_benchmark "
+    "results (default: <WORKDIR basename>_step<step>, e.g. myrun_step600).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -150,9 +165,19 @@ def _mesh_for_this_machine(config):
   return config
 
 
-def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
+def evaluate(config, workdir: str, checkpoint: str | None = None, *,
+             results_format: str = "native", results_dir: str | None = None,
+             pretrained_name: str | None = None) -> dict:
   """Restores params, runs every ``config.eval`` entry; returns the report.
-  ``config=None``: the run's own ``config.json``."""
+  ``config=None``: the run's own ``config.json``. ``results_format=
+  "clip_benchmark"`` also writes CLIP_benchmark files (``results_dir``,
+  default ``WORKDIR/eval/clip_benchmark``; ``pretrained_name``, default
+  ``<workdir basename>_step<step>``) and lists them, and the entries left
+  out, under the returned report's ``"clip_benchmark"`` (not saved in
+  ``eval/<step>.json``)."""
+  if results_format not in ("native", "clip_benchmark"):
+    raise ValueError(f"results_format must be native or clip_benchmark, got "
+                     f"{results_format!r}")
   from cvlg_jax.evaluation import common
   from cvlg_jax.evaluation.context import make_eval_context
   from cvlg_jax.step.train_state import eval_variables
@@ -172,6 +197,13 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
       skipped[name] = str(e)
   report = dict(step=step, checkpoint=path, results=results, skipped=skipped)
   write_report(workdir, report)
+  if results_format == "clip_benchmark":
+    from cvlg_jax.evaluation import clip_benchmark
+    results_dir = results_dir or os.path.join(workdir, "eval", "clip_benchmark")
+    written, notes = clip_benchmark.write_results(
+        report, config.eval, config.model.name, results_dir,
+        pretrained_name or clip_benchmark.default_pretrained_name(workdir, step))
+    report["clip_benchmark"] = dict(dir=results_dir, written=written, notes=notes)
   return report
 
 
@@ -200,12 +232,20 @@ def main(argv):
   from cvlg_jax import config as config_lib
   from cvlg_jax.run import checkpointing
   try:
-    report = evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+    report = evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value,
+                      results_format=_RESULTS_FORMAT.value,
+                      results_dir=_RESULTS_DIR.value,
+                      pretrained_name=_PRETRAINED_NAME.value)
   except (config_lib.ConfigError, ConfigMismatchError, FileNotFoundError) as e:
     common.fail(common.EXIT_USAGE, f"error: {e}")
   except checkpointing.NoReadableCheckpointError as e:
     common.fail(common.EXIT_RESUME, f"error: {e}")
   print(format_table(report))
+  if "clip_benchmark" in report:
+    cb = report["clip_benchmark"]
+    for note in cb["notes"]:
+      print(note)
+    print(f"clip_benchmark: wrote {len(cb['written'])} result files to {cb['dir']}")
 
 
 def run():

@@ -37,15 +37,10 @@ def class_text_embeddings(encode_texts, params, tokenizer,
   return _l2_normalize(emb).astype(np.float32)
 
 
-def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray,
-                      labels: np.ndarray,
-                      topk: Sequence[int] = (1, 5)) -> dict[str, float]:
-  """``{"top{k}": fraction}``: label among the k highest-scoring classes.
-
-  Ties count against the model (a wrong class tied with the true one ranks
-  ahead of it), matching the retrieval metrics, so constant embeddings score
-  0 rather than whatever argsort happens to return.
-  """
+def _classes_ahead(image_emb: np.ndarray, class_emb: np.ndarray,
+                   labels: np.ndarray) -> np.ndarray:
+  """int [N]: how many classes score at least as high as each image's true
+  class (ties count against the model), after checking the inputs."""
   image_emb = np.asarray(image_emb, np.float32)
   class_emb = np.asarray(class_emb, np.float32)
   labels = np.asarray(labels)
@@ -67,8 +62,46 @@ def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray,
                      f"[{labels.min()}, {labels.max()}]")
   logits = image_emb @ class_emb.T
   true_score = logits[np.arange(len(labels)), labels]
-  ahead = (logits >= true_score[:, None]).sum(axis=1) - 1  # excludes itself
+  return (logits >= true_score[:, None]).sum(axis=1) - 1  # excludes itself
+
+
+def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray,
+                      labels: np.ndarray,
+                      topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+  """``{"top{k}": fraction}``: label among the k highest-scoring classes.
+
+  Ties count against the model (a wrong class tied with the true one ranks
+  ahead of it), matching the retrieval metrics, so constant embeddings score
+  0 rather than whatever argsort happens to return.
+  """
+  ahead = _classes_ahead(image_emb, class_emb, labels)
   return {f"top{k}": float(np.mean(ahead < k)) for k in topk}
+
+
+def per_class_recall(correct: np.ndarray, labels: np.ndarray) -> float:
+  """Top-1 recall of each class that occurs in ``labels``, averaged over
+  those classes (balanced accuracy: sklearn's ``balanced_accuracy_score``,
+  what CLIP_benchmark reports as ``mean_per_class_recall``)."""
+  correct = np.asarray(correct, np.float64)
+  labels = np.asarray(labels, np.int64)
+  if correct.shape != labels.shape or labels.ndim != 1 or not len(labels):
+    raise ValueError(f"correct and labels must be equal non-empty [N], got "
+                     f"{correct.shape} and {labels.shape}")
+  counts = np.bincount(labels)
+  hits = np.bincount(labels, weights=correct, minlength=len(counts))
+  present = counts > 0
+  return float(np.mean(hits[present] / counts[present]))
+
+
+def zeroshot_metrics(image_emb: np.ndarray, class_emb: np.ndarray,
+                     labels: np.ndarray,
+                     topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+  """:func:`zeroshot_accuracy` plus ``mean_per_class_recall`` (the mean over
+  classes of their top-1 recall, same pessimistic ties), from one scoring."""
+  ahead = _classes_ahead(image_emb, class_emb, labels)
+  out = {f"top{k}": float(np.mean(ahead < k)) for k in topk}
+  out["mean_per_class_recall"] = per_class_recall(ahead < 1, labels)
+  return out
 
 
 class ZeroShotEvaluator:
@@ -104,7 +137,7 @@ class ZeroShotEvaluator:
       raise ValueError(f"{data.name}: none of the sampled examples belongs to "
                        "an evaluated class")
     topk = (1, 5) if len(data.classnames) > 5 else (1,)
-    metrics = zeroshot_accuracy(image_emb[keep], class_emb, labels[keep], topk)
+    metrics = zeroshot_metrics(image_emb[keep], class_emb, labels[keep], topk)
     metrics["num_examples"] = float(keep.sum())  # images scored
     metrics.update(skipped.metrics())  # images that did not decode
     return metrics

@@ -101,3 +101,75 @@ def test_cli_without_config_evaluates_with_the_runs_config(trained):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "eval of step 10" in out.stdout and "| synthetic | zeroshot_top1 |" in out.stdout
+
+
+def _colour_sets(root):
+  """A 3-class image folder (train/ and test/) and a Flickr30k-layout
+  Karpathy release of the same colours."""
+  from PIL import Image
+  colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+  images = []
+  for c, rgb in colours.items():
+    for split in ("train", "test"):
+      for k in range(3):
+        path = os.path.join(root, "colours", split, c, f"{k}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("RGB", (20 + k, 24), rgb).save(path)
+    os.makedirs(os.path.join(root, "flickr", "flickr30k-images"), exist_ok=True)
+    Image.new("RGB", (24, 24), rgb).save(
+        os.path.join(root, "flickr", "flickr30k-images", f"{c}.jpg"))
+    images.append({"filename": f"{c}.jpg", "split": "test", "sentences": [
+        {"raw": f"a {c} square"}, {"raw": f"something {c}"}]})
+  with open(os.path.join(root, "flickr", "dataset_flickr30k.json"), "w") as f:
+    json.dump({"images": images}, f)
+  return f"folder:{root}/colours", os.path.join(root, "flickr")
+
+
+def test_cli_writes_clip_benchmark_results(trained, tmp_path):
+  import shutil
+  _, workdir = trained
+  run = str(tmp_path / "myrun")
+  shutil.copytree(workdir, run)
+  folder, flickr = _colour_sets(str(tmp_path / "data"))
+  with open(os.path.join(run, "config.json")) as f:
+    recorded = json.load(f)
+  recorded["eval"].update(
+      zs=dict(type="zeroshot", dataset=folder),
+      probe=dict(type="linear_probe", dataset=folder, l2_grid=[1e-3],
+                 max_iters=20),
+      ret=dict(type="retrieval", dataset="flickr30k", data_dir=flickr))
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump(recorded, f)
+  out = subprocess.run([sys.executable, "-m", "cvlg_jax.evaluate",
+                        f"--workdir={run}", "--results_format=clip_benchmark"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  results_dir = os.path.join(run, "eval", "clip_benchmark")
+  assert (f"clip_benchmark: wrote 3 result files to {results_dir}"
+          in out.stdout), out.stdout
+  assert ("clip_benchmark: synthetic left out (type 'synthetic' has no "
+          "CLIP_benchmark task)") in out.stdout
+  native = json.load(open(os.path.join(run, "eval", "10.json")))["results"]
+  assert set(native) == {"synthetic", "zs", "probe", "ret"}
+  assert "clip_benchmark" not in json.load(open(os.path.join(run, "eval", "10.json")))
+  files = {name: json.load(open(os.path.join(results_dir, name)))
+           for name in sorted(os.listdir(results_dir))}
+  assert sorted(files) == ["colours_myrun_step10_tiny_en_linear_probe.json",
+                           "colours_myrun_step10_tiny_en_zeroshot_classification.json",
+                           "flickr30k_myrun_step10_tiny_en_zeroshot_retrieval.json"]
+  zs = files["colours_myrun_step10_tiny_en_zeroshot_classification.json"]
+  assert {k: zs[k] for k in ("dataset", "model", "pretrained", "task",
+                             "language")} == {
+      "dataset": "colours", "model": "tiny", "pretrained": "myrun_step10",
+      "task": "zeroshot_classification", "language": "en"}
+  assert zs["metrics"]["acc1"] == native["zs"]["top1"]
+  assert zs["metrics"]["mean_per_class_recall"] == native["zs"]["mean_per_class_recall"]
+  assert zs["metrics"]["acc5"] != zs["metrics"]["acc5"]  # NaN: 3 classes
+  probe = files["colours_myrun_step10_tiny_en_linear_probe.json"]
+  assert probe["metrics"] == {"lp_acc1": native["probe"]["top1"]}
+  ret = files["flickr30k_myrun_step10_tiny_en_zeroshot_retrieval.json"]
+  assert ret["task"] == "zeroshot_retrieval"
+  for k in (1, 5, 10):
+    assert ret["metrics"][f"image_retrieval_recall@{k}"] == native["ret"][f"t2i_R@{k}"]
+    assert ret["metrics"][f"text_retrieval_recall@{k}"] == native["ret"][f"i2t_R@{k}"]

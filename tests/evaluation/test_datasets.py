@@ -151,7 +151,7 @@ def test_folder_source_zeroshot_and_probe_known_answer(tmp_path):
   assert len(data.source) == 9 and data.source[0][0].shape == (24, 20, 3)
   ctx = _colour_ctx()
   m = common.build(_cfg(type="zeroshot", dataset=f"folder:{tmp_path}"), ctx).run(None)
-  assert m == {"top1": 1.0, "num_examples": 9.0}
+  assert m == {"top1": 1.0, "mean_per_class_recall": 1.0, "num_examples": 9.0}
   m = common.build(_cfg(type="linear_probe", dataset=f"folder:{tmp_path}",
                         l2_grid=(1e-3,), val_fraction=0.34), ctx).run(None)
   assert m["top1"] == 1.0

@@ -7,6 +7,7 @@ import pytest
 
 from cvlg_jax.evaluation.zeroshot import class_text_embeddings
 from cvlg_jax.evaluation.zeroshot import zeroshot_accuracy
+from cvlg_jax.evaluation.zeroshot import zeroshot_metrics
 
 
 def test_zeroshot_perfect_and_adversarial():
@@ -62,3 +63,41 @@ def test_class_text_embeddings_prompt_ensemble():
                              atol=1e-6)
   assert tok.calls == [3, 1]  # batched by batch_size
   assert emb.dtype == np.float32
+
+
+def _balanced_accuracy_reference(labels, pred):
+  """Per-class recall from a confusion matrix, averaged over the classes that
+  occur in ``labels`` (sklearn's balanced_accuracy_score, written out)."""
+  classes = np.unique(labels)
+  confusion = np.zeros((labels.max() + 1, max(labels.max(), pred.max()) + 1))
+  np.add.at(confusion, (labels, pred), 1)
+  return np.mean([confusion[c, c] / confusion[c].sum() for c in classes])
+
+
+def test_mean_per_class_recall_matches_a_confusion_matrix_reference():
+  rng = np.random.default_rng(3)
+  num_classes, n = 7, 200
+  class_emb = rng.normal(size=(num_classes, 16)).astype(np.float32)
+  # Unbalanced classes, class 6 never occurs: balanced accuracy differs from
+  # top-1 and must average over the 6 classes present only.
+  labels = rng.choice(6, size=n, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+  image_emb = (class_emb[labels] + 2.0 * rng.normal(size=(n, 16))).astype(np.float32)
+  m = zeroshot_metrics(image_emb, class_emb, labels)
+  pred = np.argmax(image_emb @ class_emb.T, axis=1)  # continuous: no ties
+  assert m["mean_per_class_recall"] == pytest.approx(
+      _balanced_accuracy_reference(labels, pred), abs=1e-12)
+  assert m["top1"] == pytest.approx(np.mean(pred == labels), abs=1e-12)
+  assert m["mean_per_class_recall"] != pytest.approx(m["top1"], abs=1e-3)
+  assert {k: m[k] for k in ("top1", "top5")} == zeroshot_accuracy(
+      image_emb, class_emb, labels)
+
+
+def test_mean_per_class_recall_known_answer_and_pessimistic_ties():
+  class_emb = np.eye(3, dtype=np.float32)
+  # Class 0: 2 of 3 right; class 1: 1 of 1; class 2: 0 of 1 (a tie with
+  # class 0 counts against the model, as top1 does).
+  img = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 1]],
+                 np.float32)
+  m = zeroshot_metrics(img, class_emb, np.array([0, 0, 0, 1, 2]), topk=(1,))
+  assert m == pytest.approx({"top1": 3 / 5,
+                             "mean_per_class_recall": (2 / 3 + 1 + 0) / 3})
