@@ -2,12 +2,14 @@
 
     python benchmarks/scale_plan.py [--configs=cc3m,cc12m,yfcc15m]
         [--models=vit_b32,vit_b16,rn50,vit_l14] [--json=benchmarks/scale_plan.json]
+    python benchmarks/scale_plan.py --resume   # compile only what the JSON lacks
     python benchmarks/scale_plan.py --markdown=benchmarks/scale_plan.json
+    python benchmarks/scale_plan.py --write_docs=benchmarks/scale_plan.json
 
 Every shipped pre-training config, with each model at the config's global
 batch and the bank teacher, is compiled ahead of time (``cvlg_jax.run.aot``,
 libtpu on the path, no TPU) for the slice the README recommends for it
-(``RECOMMENDED``; ViT-B/32 also on one smaller and one larger). Per chip: HBM by part
+(``RECOMMENDED``) and on one smaller and one larger. Per chip: HBM by part
 and headroom, FLOPs and collective bytes per step, and a roofline lower
 bound on the step time: max(FLOPs / peak, HBM bytes / bandwidth, collective
 link bytes / ICI bandwidth), with the model-FLOPs utilisation that bound
@@ -19,12 +21,15 @@ from a JSON file, so the table is never typed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
 
 from cvlg_jax import config as config_lib  # noqa: E402
 from cvlg_jax.models.registry import MODELS as REGISTRY  # noqa: E402
@@ -104,7 +109,9 @@ def markdown(records: list[dict]) -> str:
            "peak GiB / HBM | headroom | TFLOP / step / chip | collectives MiB / chip "
            "| step ≥ (ms) | bound by | MFU at bound |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in records:
+  order = lambda r: (list(CONFIGS).index(r["config"]),  # noqa: E731
+                     MODELS.index(r["model"]), r["num_devices"])
+  for r in sorted(records, key=order):
     p = r["parts"]
     terms = {"compute": r["compute_s"], "HBM": r["hbm_s"], "ICI": r["ici_s"] or 0}
     lines.append(
@@ -120,6 +127,26 @@ def markdown(records: list[dict]) -> str:
   return "\n".join(lines)
 
 
+DOCS = {  # file -> (begin marker, end marker, rows it shows)
+    "BENCHMARKS.md": ("<!-- scale_plan:begin -->", "<!-- scale_plan:end -->", "all"),
+    "README.md": ("<!-- scale_plan:recommended:begin -->",
+                  "<!-- scale_plan:recommended:end -->", "recommended"),
+}
+
+
+def docs_with_tables(records: list[dict], repo: str) -> dict[str, str]:
+  """Each file of :data:`DOCS` with its table regenerated from ``records``."""
+  out = {}
+  for name, (begin, end, rows) in DOCS.items():
+    text = open(os.path.join(repo, name)).read()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < 0:
+      raise ValueError(f"{name} lacks the {begin} ... {end} markers")
+    shown = [r for r in records if rows == "all" or r["recommended"]]
+    out[name] = text[:i] + begin + "\n" + markdown(shown) + "\n" + text[j:]
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -127,21 +154,40 @@ def main(argv=None):
   parser.add_argument("--slices", default="all", help="all | recommended")
   parser.add_argument("--json", default="benchmarks/scale_plan.json")
   parser.add_argument("--markdown", default="", help="print the table of this JSON")
+  parser.add_argument("--write_docs", default="",
+                      help="regenerate the tables in BENCHMARKS.md and README.md "
+                      "from this JSON")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep --json's records and compile only what it lacks")
   args = parser.parse_args(argv)
   if args.markdown:
     print(markdown(json.load(open(args.markdown))["records"]))
     return 0
+  if args.write_docs:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    docs = docs_with_tables(json.load(open(args.write_docs))["records"], repo)
+    for name, text in docs.items():
+      with open(os.path.join(repo, name), "w") as f:
+        f.write(text)
+    return 0
   names = args.configs.split(",")
   wanted = {}  # (model, slice) -> the configs that need it
-  for name in names:
-    rec = RECOMMENDED[name]
+  # Every recommended slice first (the fit check), then the neighbours.
+  passes = [lambda rec: [rec]]
+  if args.slices == "all":
+    passes.append(lambda rec: list(NEIGHBOURS[rec]))
+  for slices_of in passes:
     for model in args.models.split(","):
-      slices = [rec] if (args.slices == "recommended" or model != "vit_b32") else [
-          NEIGHBOURS[rec][0], rec, NEIGHBOURS[rec][1]]
-      for topology in slices:
-        wanted.setdefault((model, topology), []).append(name)
+      for name in names:
+        for topology in slices_of(RECOMMENDED[name]):
+          wanted.setdefault((model, topology), []).append(name)
   records = []
+  if args.resume and os.path.exists(args.json):
+    records = json.load(open(args.json))["records"]
+  done = {(r["model"], r["topology"]) for r in records}
   for (model, topology), users in wanted.items():
+    if (model, topology) in done:
+      continue
     largest = max(users, key=lambda n: CONFIGS[n].NUM_EXAMPLES)
     t0 = time.time()
     config, report = compile_one(largest, model, topology)
@@ -156,6 +202,11 @@ def main(argv=None):
             f"ms (compiled in {seconds:.0f} s)", flush=True)
     with open(args.json, "w") as f:  # after every compile: a long run
       json.dump(dict(records=records), f, indent=1)
+    # Each ViT-L/14 compile holds GiBs of host memory in JAX's caches; a
+    # run of them grew to 20 GiB and was OOM-killed on a 24 GiB host.
+    del config, report
+    jax.clear_caches()
+    gc.collect()
   print(markdown(records))
   short = [r for r in records if r["recommended"] and r["headroom"] < HEADROOM]
   for r in short:
