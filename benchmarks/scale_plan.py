@@ -36,6 +36,7 @@ from cvlg_jax.models.registry import MODELS as REGISTRY  # noqa: E402
 from cvlg_jax.run import aot  # noqa: E402
 from cvlg_jax.step import bank  # noqa: E402
 from cvlg_jax.step.plan import make_plan  # noqa: E402
+from scripts.generated import splice  # noqa: E402
 
 from configs import cc3m, cc12m, yfcc15m  # noqa: E402
 
@@ -139,11 +140,8 @@ def docs_with_tables(records: list[dict], repo: str) -> dict[str, str]:
   out = {}
   for name, (begin, end, rows) in DOCS.items():
     text = open(os.path.join(repo, name)).read()
-    i, j = text.find(begin), text.find(end)
-    if i < 0 or j < 0:
-      raise ValueError(f"{name} lacks the {begin} ... {end} markers")
     shown = [r for r in records if rows == "all" or r["recommended"]]
-    out[name] = text[:i] + begin + "\n" + markdown(shown) + "\n" + text[j:]
+    out[name] = splice(text, begin, end, markdown(shown), name)
   return out
 
 

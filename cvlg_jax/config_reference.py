@@ -147,11 +147,13 @@ def leaves(group: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str
   """``(dotted key, default)`` of every schema leaf, in schema order."""
   out = []
   for key in group.keys():
-    value = group[key]
-    if isinstance(value, ml_collections.ConfigDict) and f"{prefix}{key}" != "eval":
-      out.extend(leaves(value, f"{prefix}{key}."))
-    elif f"{prefix}{key}" != "eval":
-      out.append((f"{prefix}{key}", value))
+    path, value = f"{prefix}{key}", group[key]
+    if path == "eval":
+      continue  # free-form evaluator entries: tabled by type instead
+    if isinstance(value, ml_collections.ConfigDict):
+      out.extend(leaves(value, path + "."))
+    else:
+      out.append((path, value))
   return out
 
 

@@ -12,21 +12,16 @@ sys.path.insert(0, REPO)
 DOC = os.path.join(REPO, "docs", "config.md")
 
 from cvlg_jax.config_reference import markdown  # noqa: E402
+from generated import write_or_check  # noqa: E402
 
 
 def main(argv) -> int:
   fresh = markdown()
-  if "--write" in argv:
-    with open(DOC, "w") as f:
-      f.write(fresh)
-  elif "--check" in argv:
-    if not os.path.exists(DOC) or open(DOC).read() != fresh:
-      print("docs/config.md is stale: run python scripts/config_reference.py "
-            "--write", file=sys.stderr)
-      return 1
-  else:
+  done = write_or_check(DOC, fresh, argv, what="docs/config.md",
+                        command="scripts/config_reference.py")
+  if done is None:
     print(fresh, end="")
-  return 0
+  return done or 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import importlib.util
 import os
 import sys
 
+from generated import splice, write_or_check
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "robustness.md")
 BEGIN, END = "<!-- errors:begin (scripts/error_table.py) -->", "<!-- errors:end -->"
@@ -23,31 +25,31 @@ def cases():
   return module.CASES
 
 
-def table() -> str:
-  rows = ["| mistake | command | what it prints (one line, start) | exit |",
-          "|---|---|---|---|"]
+def rows() -> list[str]:
+  out = ["| mistake | command | what it prints (one line, start) | exit |",
+         "|---|---|---|---|"]
   for name, flags, message, code in cases():
     command = "python -m cvlg_jax.main " + " ".join(flags)
-    rows.append(f"| {name} | `{command}` | `{message} …` | {code} |")
-  return "\n".join([BEGIN, *rows, END])
+    out.append(f"| {name} | `{command}` | `{message} …` | {code} |")
+  return out
+
+
+def table() -> str:
+  return "\n".join([BEGIN, *rows(), END])
 
 
 def main(argv) -> int:
   text = open(DOC).read()
-  start, end = text.find(BEGIN), text.find(END)
-  if start < 0 or end < 0:
-    print(f"{DOC} lacks the {BEGIN} ... {END} markers", file=sys.stderr)
+  try:
+    fresh = splice(text, BEGIN, END, "\n".join(rows()), DOC)
+  except ValueError as e:
+    print(e, file=sys.stderr)
     return 1
-  fresh = text[:start] + table() + text[end + len(END):]
-  if "--write" in argv:
-    open(DOC, "w").write(fresh)
-  elif "--check" in argv and fresh != text:
-    print("docs/robustness.md's error table is stale: run python "
-          "scripts/error_table.py --write", file=sys.stderr)
-    return 1
-  elif "--check" not in argv:
+  done = write_or_check(DOC, fresh, argv, what="docs/robustness.md's error table",
+                        command="scripts/error_table.py")
+  if done is None:
     print(table())
-  return 0
+  return done or 0
 
 
 if __name__ == "__main__":

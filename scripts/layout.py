@@ -16,6 +16,8 @@ import ast
 import os
 import sys
 
+from generated import splice, write_or_check
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(REPO, "docs", "design.md")
 BEGIN, END = "<!-- layout:begin (scripts/layout.py) -->", "<!-- layout:end -->"
@@ -66,28 +68,14 @@ def section() -> str:
   return "\n".join([BEGIN, "```", *layout_lines(), "```", END])
 
 
-def _current(text: str) -> tuple[int, int]:
-  start, end = text.find(BEGIN), text.find(END)
-  if start < 0 or end < 0:
-    raise ValueError(f"{DESIGN} lacks the {BEGIN} ... {END} markers")
-  return start, end + len(END)
-
-
 def main(argv) -> int:
   text = open(DESIGN).read()
-  start, end = _current(text)
-  fresh = text[:start] + section() + text[end:]
-  if "--write" in argv:
-    open(DESIGN, "w").write(fresh)
-    return 0
-  if "--check" in argv:
-    if fresh != text:
-      print("docs/design.md's layout is stale: run python scripts/layout.py "
-            "--write", file=sys.stderr)
-      return 1
-    return 0
-  print(section())
-  return 0
+  fresh = splice(text, BEGIN, END, "\n".join(["```", *layout_lines(), "```"]), DESIGN)
+  done = write_or_check(DESIGN, fresh, argv, what="docs/design.md's layout",
+                        command="scripts/layout.py")
+  if done is None:
+    print(section())
+  return done or 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ _EVALUATORS = flags.DEFINE_bool("evaluators", True, "Also compile the "
                                 "evaluators' encode functions.")
 flags.mark_flags_as_required(["config"])
 
-EXIT_DOES_NOT_FIT = 6  # common.EXIT_MEMORY
+EXIT_DOES_NOT_FIT = common.EXIT_MEMORY
 GiB = 2 ** 30
 
 
@@ -84,8 +84,9 @@ def main(argv):
   try:
     devices = aot.topology_devices(_TOPOLOGY.value, _BACKEND.value)
   except (ValueError, ImportError, RuntimeError) as e:
-    common.fail(2, f"cvlg_jax.aot: --topology={_TOPOLOGY.value}: {e} (--backend=tpu "
-          "needs libtpu: pip install 'libtpu==0.0.42.*'; README 'Will it fit?')")
+    common.fail(common.EXIT_USAGE,
+                f"cvlg_jax.aot: --topology={_TOPOLOGY.value}: {e} (--backend=tpu "
+                "needs libtpu: pip install 'libtpu==0.0.42.*'; README 'Will it fit?')")
   hbm = (int(_HBM_GIB.value * GiB) if _HBM_GIB.value > 0
          else aot.hbm_of(_TOPOLOGY.value, _BACKEND.value))
   try:
@@ -93,7 +94,7 @@ def main(argv):
     plan = make_plan(config, len(devices), open_data=False,
                      num_examples=_NUM_EXAMPLES.value or None)
   except config_lib.ConfigError as e:
-    common.fail(2, f"Invalid config: {e}")
+    common.fail(common.EXIT_USAGE, f"Invalid config: {e}")
   report = aot.compile_run(plan, devices, topology=topology, hbm_bytes=hbm,
                            evaluators=_EVALUATORS.value)
   print(format_report(report), flush=True)

@@ -95,34 +95,41 @@ FROZEN_ON_RESUME = (
     "loss.psd.teacher", "loss.psd.bank_dtype", "train.batch_size", "train.seed")
 
 
+def _resume_differences(config, workdir: str) -> tuple[dict, dict]:
+  """``({key: [old, new]} refused, {key: [old, new]} allowed)``: the keys of
+  :data:`FROZEN_ON_RESUME` that differ from the run's config.json, and the
+  others that differ. Both empty without a config.json."""
+  recorded = read_run_dict(workdir)
+  if recorded is None:
+    return {}, {}
+  ours = _flat(json.loads(config.to_json_best_effort()))
+  theirs = _flat(recorded)
+  refused, allowed = {}, {}
+  for k in sorted(ours.keys() | theirs.keys()):
+    if ours.get(k) != theirs.get(k):
+      side = refused if k.startswith(FROZEN_ON_RESUME) else allowed
+      side[k] = [theirs.get(k), ours.get(k)]
+  return refused, allowed
+
+
 def resume_changes(config, workdir: str) -> tuple[list[str], dict]:
   """``(refused, allowed)`` between ``config`` and the run's config.json:
   the keys of :data:`FROZEN_ON_RESUME` that differ (a resume cannot honour
   them), and ``{key: [old, new]}`` of the others that differ (it can, with a
   warning). Both empty without a config.json."""
-  recorded = read_run_dict(workdir)
-  if recorded is None:
-    return [], {}
-  ours = _flat(json.loads(config.to_json_best_effort()))
-  theirs = _flat(recorded)
-  differ = sorted(k for k in ours.keys() | theirs.keys()
-                  if ours.get(k) != theirs.get(k))
-  refused = [k for k in differ if k.startswith(FROZEN_ON_RESUME)]
-  allowed = {k: [theirs.get(k), ours.get(k)] for k in differ if k not in refused}
-  return refused, allowed
+  refused, allowed = _resume_differences(config, workdir)
+  return list(refused), allowed
 
 
-def check_resume(config, workdir: str) -> dict:
+def check_resume(config, workdir: str, limit: int = 6) -> dict:
   """Raises :class:`ConfigMismatchError` (one line naming the keys, old and
   new values) when ``config`` changes what a resume cannot honour; returns
   the changes it can (to warn about and record)."""
-  refused, allowed = resume_changes(config, workdir)
+  refused, allowed = _resume_differences(config, workdir)
   if refused:
-    recorded = _flat(read_run_dict(workdir))
-    ours = _flat(json.loads(config.to_json_best_effort()))
-    shown = ", ".join(f"{k} ({recorded.get(k)!r} -> {ours.get(k)!r})"
-                      for k in refused[:6])
-    more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+    shown = ", ".join(f"{k} ({old!r} -> {new!r})"
+                      for k, (old, new) in list(refused.items())[:limit])
+    more = f" and {len(refused) - limit} more" if len(refused) > limit else ""
     raise ConfigMismatchError(
         f"{workdir} holds a run whose {shown}{more} differ from this config; "
         "a resume cannot change them (they shape the state or the data order): "
