@@ -37,7 +37,7 @@ def _matrix(tmp_path_factory, backend):
                TPU_ACCELERATOR_TYPE="v5litepod-4")  # quiets libtpu's host probe
   proc = subprocess.run([sys.executable, "tests/aot_matrix.py", str(out),
                          f"--backend={backend}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=900)
+                        capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return {(r["topology"], r["case"]): r for r in json.load(open(out))["records"]}
 
@@ -58,8 +58,8 @@ def _temp(record, program="train_step"):
   return next(p for p in record["programs"] if p["name"] == program)["temp_bytes"]
 
 
-def _check_bank_bound(matrix, topology):
-  for suffix in ("", "_skip"):
+def _check_bank_bound(matrix, topology, suffixes=("", "_skip")):
+  for suffix in suffixes:
     bank, own = matrix[topology, "psd_bank" + suffix], matrix[topology, "psd_self" + suffix]
     share = bank["parts"]["bank"]
     excess = _temp(bank) - _temp(own) + _temp(bank, "bank_read")
@@ -71,9 +71,10 @@ def test_bank_step_holds_no_copy_of_the_bank_on_cpu(cpu_matrix):
   _check_bank_bound(cpu_matrix, "cpu")
 
 
-@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
-def test_bank_step_holds_no_copy_of_the_bank_on_tpu(tpu_matrix, topology):
-  _check_bank_bound(tpu_matrix, topology)
+@pytest.mark.parametrize("topology,suffixes", [("v5e:2x2", ("", "_skip")),
+                                               ("v4:2x2x1", ("",))])
+def test_bank_step_holds_no_copy_of_the_bank_on_tpu(tpu_matrix, topology, suffixes):
+  _check_bank_bound(tpu_matrix, topology, suffixes)
 
 
 def test_every_ci_case_compiles_for_two_tpu_generations_and_colab(tpu_matrix):
