@@ -133,7 +133,14 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self):
+    """Waits for the saves and for the start-up cleanup of a crashed save's
+    temporary directories: Orbax (0.12) runs that cleanup in a thread that
+    its own ``close`` does not join, so a process that exits right after
+    (a refused resume, exit 4) printed that thread's traceback."""
     self._manager.wait_until_finished()
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self._manager.close()
 
 

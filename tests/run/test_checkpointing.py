@@ -156,3 +156,18 @@ def test_retention_keeps_the_old_checkpoint_until_the_new_one_commits(tmp_path):
   assert any(any("tmp" in n for n in snap) and any(n.isdigit() for n in snap)
              for snap in snapshots)
   assert os.listdir(directory) == ["3"]
+
+
+def test_close_waits_for_the_cleanup_of_a_crashed_save(tmp_path):
+  """A crashed save's temporary directory is gone once close() returns (the
+  cleanup thread Orbax starts is joined, so exiting right after prints no
+  'cannot schedule new futures after interpreter shutdown')."""
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpointing.Checkpointer(str(directory))
+  ckpt.save(1, _state(1), _iterator(), force=True)
+  ckpt.close()
+  leftover = directory / "2.orbax-checkpoint-tmp-1700000000000000"
+  shutil.copytree(directory / "1", leftover)
+  ckpt = checkpointing.Checkpointer(str(directory))
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == ["1"]
