@@ -1,16 +1,22 @@
-"""PSD (each teacher) vs CLIP train-step time, and the streamed (chunked) loss
-vs the dense one.
+"""PSD (each teacher) vs CLIP train-step time, the streamed (chunked) loss
+vs the dense one, and what a locked image tower (LiT, ``train.freeze=image``)
+and FLIP's patch dropout (``model.patch_dropout``) save.
 
     python benchmarks/step_time.py                # tiny model, 8 CPU devices
     python benchmarks/step_time.py --model=vit_b32 --image_size=224 \\
         --context_length=77 --batch_size=1024 --dtype=bfloat16
+    # LiT at equal towers (the tiny ViT and text tower: 16 tokens, 2 x 64 each)
+    python benchmarks/step_time.py --only=lock_image
+    # FLIP on a ViT whose image tower dominates, as in FLIP's models
+    python benchmarks/step_time.py --only=patch_dropout --model=demo --image_size=64
 
 All variants share the model, the batch, the mesh and the initial params;
 only ``loss.name`` ("clip": plain InfoNCE, no teacher work; "psd": soft
 targets), ``loss.psd.teacher`` (self: the same forward pass; ema: one more
 forward pass of an EMA copy; bank: a per-example embedding bank of
 ``--bank_examples`` rows, read and written every step) and
-``loss.chunk_size`` differ. They are
+``loss.chunk_size`` differ (and ``train.freeze`` / ``model.patch_dropout``
+in the ``lock_image`` / ``patch_dropout`` variants, against CLIP). They are
 timed in interleaved rounds, so drifting load on a shared machine hits every
 variant alike, and the median step times are compared. The loss alone
 (forward + backward on random embeddings of the same global batch) is timed
@@ -54,10 +60,13 @@ def parse_args(argv=None):
                  help="embedding size for the loss-only timing")
   p.add_argument("--bank_examples", type=int, default=100_000,
                  help="data set size (bank rows) for the bank teacher")
+  p.add_argument("--patch_dropout", type=float, default=0.5)
+  p.add_argument("--only", choices=("", "lock_image", "patch_dropout"), default="",
+                 help="time only CLIP and this variant of it")
   return p.parse_args(argv)
 
 
-def make_config(args, loss, chunk, teacher="self"):
+def make_config(args, loss, chunk, teacher="self", variant=""):
   c = config_lib.base_config()
   c.model.name, c.model.dtype = args.model, args.dtype
   c.data.image_size, c.data.context_length = args.image_size, args.context_length
@@ -66,6 +75,10 @@ def make_config(args, loss, chunk, teacher="self"):
   c.loss.psd.teacher = teacher
   c.train.batch_size = args.batch_size
   c.mesh.data, c.mesh.fsdp = -1, args.fsdp
+  if variant == "lock_image":
+    c.train.freeze = "image"
+  elif variant == "patch_dropout":
+    c.model.patch_dropout = args.patch_dropout
   config_lib.validate(c)
   return c
 
@@ -106,8 +119,8 @@ def step_runners(args, variants):
   """Compiled steps of every (loss, chunk, teacher) variant, all starting
   from the same params (teacher state: EMA copy = params, empty bank)."""
   runners, params, batch, mesh = {}, None, None, None
-  for loss, chunk, teacher in variants:
-    config = make_config(args, loss, chunk, teacher)
+  for loss, chunk, teacher, variant in variants:
+    config = make_config(args, loss, chunk, teacher, variant)
     plan = make_plan(config, jax.device_count())
     tokenizer, model, tx, schedule = train_state.build(plan)
     if mesh is None:
@@ -122,9 +135,9 @@ def step_runners(args, variants):
     t0 = time.perf_counter()
     first = jax.block_until_ready(step(state, batch))  # compiles
     print(f"compiled step loss={loss} chunk_size={chunk} teacher={teacher} "
-          f"(+ 1 step) in {time.perf_counter() - t0:.1f}s", flush=True)
-    runners[(loss, chunk, teacher)] = [lambda c, step=step: step(c[0], batch),
-                                       first]
+          f"{variant} (+ 1 step) in {time.perf_counter() - t0:.1f}s", flush=True)
+    runners[(loss, chunk, teacher, variant)] = [
+        lambda c, step=step: step(c[0], batch), first]
   return runners, mesh
 
 
@@ -137,8 +150,8 @@ def loss_runners(args, variants, mesh):
   u, v = emb(), emb()
   mask = jax.device_put(np.arange(n) % 2 == 0, rows)
   runners = {}
-  for loss, chunk, teacher in variants:
-    if teacher != "self":  # the loss alone does not depend on where P comes from
+  for loss, chunk, teacher, variant in variants:
+    if teacher != "self" or variant:  # the loss alone is the same for these
       continue
     fn = losses.sharded_contrastive_loss(mesh, chunk_size=chunk,
                                          distill=loss == "psd",
@@ -146,7 +159,7 @@ def loss_runners(args, variants, mesh):
     f = lambda u, v, s, fn=fn: fn(  # noqa: E731
         u, v, s, losses.LossInputs(jnp.float32(0.5), mask, 1.0))[0]
     grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
-    runners[(loss, chunk, teacher)] = [
+    runners[(loss, chunk, teacher, variant)] = [
         lambda c, grad=grad: grad(u, v, jnp.float32(10.0)),
         grad(u, v, jnp.float32(10.0))]
   return runners
@@ -160,44 +173,54 @@ def report(title, times, chunk):
   med = lambda t: {v: statistics.median(x) for v, x in t.items()}  # noqa: E731
   mw, mc = med(wall), med(cpu)
   print(f"\n{title}")
-  print(f"  {'loss':6s} {'chunk':>6s} {'teacher':>8s} {'wall ms':>9s} {'(min':>8s} "
-        f"{'max)':>8s} {'cpu ms':>9s}")
+  print(f"  {'loss':6s} {'chunk':>6s} {'teacher':>8s} {'variant':>14s} "
+        f"{'wall ms':>9s} {'(min':>8s} {'max)':>8s} {'cpu ms':>9s}")
   for v in wall:
-    print(f"  {v[0]:6s} {v[1]:6d} {v[2]:>8s} {1e3 * mw[v]:9.2f} "
+    print(f"  {v[0]:6s} {v[1]:6d} {v[2]:>8s} {v[3]:>14s} {1e3 * mw[v]:9.2f} "
           f"{1e3 * min(wall[v]):8.2f} {1e3 * max(wall[v]):8.2f} {1e3 * mc[v]:9.2f}")
   paired = lambda t, a, b: statistics.median(  # noqa: E731
       x / y for x, y in zip(t[a], t[b]))
-  pairs = {"psd / clip (dense loss)": (("psd", 0, "self"), ("clip", 0, "self")),
-           f"psd / clip (chunk {chunk})": (("psd", chunk, "self"),
-                                           ("clip", chunk, "self")),
-           f"chunk {chunk} / dense (psd)": (("psd", chunk, "self"),
-                                            ("psd", 0, "self")),
-           f"chunk {chunk} / dense (clip)": (("clip", chunk, "self"),
-                                             ("clip", 0, "self")),
-           "ema / clip (dense loss)": (("psd", 0, "ema"), ("clip", 0, "self")),
-           "bank / clip (dense loss)": (("psd", 0, "bank"), ("clip", 0, "self")),
-           f"bank / clip (chunk {chunk})": (("psd", chunk, "bank"),
-                                            ("clip", chunk, "self"))}
+  clip = ("clip", 0, "self", "")
+  pairs = {"psd / clip (dense loss)": (("psd", 0, "self", ""), clip),
+           f"psd / clip (chunk {chunk})": (("psd", chunk, "self", ""),
+                                           ("clip", chunk, "self", "")),
+           f"chunk {chunk} / dense (psd)": (("psd", chunk, "self", ""),
+                                            ("psd", 0, "self", "")),
+           f"chunk {chunk} / dense (clip)": (("clip", chunk, "self", ""), clip),
+           "ema / clip (dense loss)": (("psd", 0, "ema", ""), clip),
+           "bank / clip (dense loss)": (("psd", 0, "bank", ""), clip),
+           f"bank / clip (chunk {chunk})": (("psd", chunk, "bank", ""),
+                                            ("clip", chunk, "self", "")),
+           "locked image / full (clip)": (("clip", 0, "self", "lock_image"), clip),
+           "patch dropout / none (clip)": (("clip", 0, "self", "patch_dropout"),
+                                           clip)}
   return {name: (paired(wall, a, b), paired(cpu, a, b))
           for name, (a, b) in pairs.items() if a in wall and b in wall}
 
 
 # Step-time targets per ratio (judged on CPU time on a CPU backend).
-TARGETS = {"psd / clip": 1.02, "bank / clip": 1.03}
+TARGETS = {"psd / clip": 1.02, "bank / clip": 1.03,
+           "locked image / full": 0.75, "patch dropout / none": 0.6}
 
 
 def main(argv=None):
   args = parse_args(argv)
   c = args.chunk_size
-  variants = [("clip", 0, "self"), ("psd", 0, "self"), ("clip", c, "self"),
-              ("psd", c, "self"), ("psd", 0, "ema"), ("psd", 0, "bank"),
-              ("psd", c, "bank")]
+  if args.only:
+    variants = [("clip", 0, "self", ""), ("clip", 0, "self", args.only)]
+  else:
+    variants = [(*v, "") for v in (
+        ("clip", 0, "self"), ("psd", 0, "self"), ("clip", c, "self"),
+        ("psd", c, "self"), ("psd", 0, "ema"), ("psd", 0, "bank"),
+        ("psd", c, "bank"))] + [("clip", 0, "self", "lock_image"),
+                                ("clip", 0, "self", "patch_dropout")]
   runners, mesh = step_runners(args, variants)
   step_times = interleaved(runners, args.rounds, args.steps)
   loss_times = interleaved(loss_runners(args, variants, mesh), args.rounds,
                            4 * args.steps)
 
   print(f"\nmodel={args.model} dtype={args.dtype} global_batch={args.batch_size} "
+        f"patch_dropout={args.patch_dropout} "
         f"image={args.image_size} context={args.context_length} "
         f"mesh={dict(mesh.shape)} devices={jax.device_count()}x"
         f"{jax.devices()[0].device_kind} rounds={args.rounds}")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ml_collections
 
 from cvlg_jax import fileio, losses
-from cvlg_jax.step import bank
+from cvlg_jax.step import bank, freeze as freeze_lib
 from cvlg_jax.data import train_sources
 from cvlg_jax.data.tokenizers import TOKENIZERS
 from cvlg_jax.evaluation.common import registered_types
-from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS
+from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS, VISION_TOWERS
 
 # self: the student's own logits (same pass); ema: an EMA copy of the params
 # (one more forward pass); bank: each example's embeddings from the last time
@@ -33,8 +33,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # activation / layer_norm_epsilon: released CLIP weights need quick_gelu
   # (OpenAI) or gelu (open_clip) and 1e-5; see models/pretrained.py.
+  # patch_dropout: FLIP's fraction of image patches dropped per example in
+  # training (ViT towers only; none at evaluation).
   c.model = dict(name="tiny", dtype="float32", remat=False,
-                 activation="gelu_tanh", layer_norm_epsilon=1e-6)
+                 activation="gelu_tanh", layer_norm_epsilon=1e-6,
+                 patch_dropout=0.0)
 
   c.data = dict(
       source="synthetic",
@@ -112,6 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
       # A checkpoint (step dir or workdir; cvlg_jax or `cvlg_jax.pretrained
       # import`) whose params and model state start a new run (init_from.py).
       init_from="",
+      # Which params init_from loads ("" = all; the train.freeze syntax):
+      # e.g. "image" for LiT's locked image tower and a text tower from scratch.
+      init_from_params="",
+      # Locked parameters (LiT): comma-separated shortcuts (image, text,
+      # image_except_last=N) or regexes over parameter paths (step/freeze.py).
+      freeze="",
       # NaN/Inf in the loss or gradients stops the run (nothing is saved from
       # the bad step on); N > 0 instead skips up to N such updates in total.
       skip_nonfinite_steps=0,
@@ -192,6 +201,13 @@ def _check_model(config, paths: bool) -> None:
   _choice(model.name, tuple(MODELS), "model.name")
   _choice(model.dtype, tuple(DTYPES), "model.dtype")
   _choice(model.activation, tuple(ACTIVATIONS), "model.activation")
+  if not 0 <= model.patch_dropout < 1:
+    raise ConfigError(f"config.model.patch_dropout={model.patch_dropout} must "
+                      "be in [0, 1)")
+  if model.patch_dropout and VISION_TOWERS[MODELS[model.name]["image"]][
+      "kind"] != "vit":
+    raise ConfigError(f"config.model.patch_dropout needs a ViT image tower; "
+                      f"model.name={model.name!r} has a ResNet")
   if not 0 < model.layer_norm_epsilon < 1:
     raise ConfigError(f"config.model.layer_norm_epsilon="
                       f"{model.layer_norm_epsilon} must be in (0, 1)")
@@ -255,6 +271,14 @@ def _check_train(config, paths: bool) -> None:
   if paths and train.init_from and not fileio.exists(train.init_from):
     raise ConfigError(f"config.train.init_from={train.init_from!r} does "
                       "not exist (a checkpoint step directory or a workdir)")
+  for key in ("freeze", "init_from_params"):
+    try:
+      freeze_lib.check_syntax(train[key], f"train.{key}")
+    except freeze_lib.FreezeSpecError as e:
+      raise ConfigError(str(e)) from None
+  if train.init_from_params and not train.init_from:
+    raise ConfigError("config.train.init_from_params is set but "
+                      "train.init_from is empty")
   if train.skip_nonfinite_steps < 0:
     raise ConfigError(f"config.train.skip_nonfinite_steps="
                       f"{train.skip_nonfinite_steps} must be >= 0 (0 = off)")

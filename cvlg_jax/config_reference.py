@@ -35,6 +35,9 @@ MEANINGS = {
     "model.activation": "MLP activation; released CLIP weights need quick_gelu "
                         "(OpenAI) or gelu (open_clip).",
     "model.layer_norm_epsilon": "LayerNorm epsilon; 1e-5 for released CLIP weights.",
+    "model.patch_dropout": "FLIP: fraction of image patches dropped per example "
+                           "in training (class token kept; ViT only; none at "
+                           "evaluation). May change on resume.",
     "data.source": "Training source: synthetic, arrayrecord, tfds, "
                    "tfds_class_captions.",
     "data.tokenizer": "builtin (synthetic vocabulary), clip_bpe, sentencepiece.",
@@ -116,6 +119,13 @@ MEANINGS = {
     "train.keep_checkpoints": "Checkpoints kept (oldest deleted first).",
     "train.init_from": "A checkpoint step dir or workdir whose params and "
                        "model state start this run.",
+    "train.freeze": "LiT: locked parameters, comma-separated shortcuts (image, "
+                    "text, image_except_last=N) or regexes over paths like "
+                    "image_tower/encoder/block0/attn/query/kernel: no optimizer "
+                    "state, no backward pass, bitwise unchanged.",
+    "train.init_from_params": "Which params train.init_from loads (train.freeze "
+                              "syntax; \"\" = all), e.g. image: the rest keep "
+                              "their fresh init.",
     "train.skip_nonfinite_steps": "0: a NaN/Inf loss or gradient stops the "
                                   "run; N > 0: skip up to N such updates.",
     "distributed.initialization_timeout_s": "How long processes wait for "

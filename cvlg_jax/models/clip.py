@@ -27,7 +27,8 @@ class CLIP(nn.Module):
   Either input may be None (its output is then None), so evaluators encode one
   modality at a time with the same ``apply``. ``train`` reaches the image
   tower: a BatchNorm ResNet then normalises with batch statistics and, applied
-  with ``mutable=["batch_stats"]``, returns updated running statistics.
+  with ``mutable=["batch_stats"]``, returns updated running statistics; a ViT
+  with ``patch_dropout`` drops the patches ``patch_noise`` picks (FLIP).
   Embeddings are float32 and L2-normalised; ``logit_scale = min(exp(t), 100)``
   with ``t`` learned.
   With ``init_logit_bias`` set (SigLIP) the params also hold a learned scalar
@@ -55,8 +56,9 @@ class CLIP(nn.Module):
     SigLIP's learned bias (None for a model without one)."""
     return jnp.minimum(jnp.exp(self.logit_scale_log), MAX_LOGIT_SCALE), self.logit_bias
 
-  def encode_image(self, images, train: bool = False):
-    x = self.image_tower(images, train=train)
+  def encode_image(self, images, train: bool = False, patch_noise=None):
+    extra = {} if patch_noise is None else {"patch_noise": patch_noise}
+    x = self.image_tower(images, train=train, **extra)
     if self.image_proj is not None:
       x = self.image_proj(x)
     return l2_normalize(x)
@@ -65,7 +67,8 @@ class CLIP(nn.Module):
     return l2_normalize(self.text_proj(self.text_tower(tokens)))
 
   def __call__(self, images: Any = None, tokens: Any = None, *,
-               train: bool = False):
-    image_emb = None if images is None else self.encode_image(images, train)
+               train: bool = False, patch_noise: Any = None):
+    image_emb = (None if images is None
+                 else self.encode_image(images, train, patch_noise))
     text_emb = None if tokens is None else self.encode_text(tokens)
     return image_emb, text_emb, self.logit_params()[0]

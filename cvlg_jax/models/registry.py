@@ -53,17 +53,21 @@ MODELS = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _vit(cfg, *, embed_dim, remat, dtype, block_opts):
+def _vit(cfg, *, embed_dim, remat, dtype, block_opts, patch_dropout):
   """A ViT tower, then a learned projection to the embedding size."""
   del embed_dim
-  return VisionTransformer(**cfg, remat=remat, dtype=dtype, **block_opts), True
+  return VisionTransformer(**cfg, remat=remat, dtype=dtype,
+                           patch_dropout=patch_dropout, **block_opts), True
 
 
-def _resnet(cfg, *, embed_dim, remat, dtype, block_opts):
+def _resnet(cfg, *, embed_dim, remat, dtype, block_opts, patch_dropout):
   """CLIP's ModifiedResNet: its attention pool already projects to the
   embedding size; BatchNorm as in CLIP (running statistics live in
   TrainState.model_state)."""
   del block_opts  # no transformer blocks
+  if patch_dropout:
+    raise ValueError("model.patch_dropout needs a ViT image tower (a ResNet "
+                     "has no patch tokens)")
   return ModifiedResNet(**cfg, output_dim=embed_dim, norm="batch", remat=remat,
                         dtype=dtype), False
 
@@ -75,14 +79,16 @@ IMAGE_TOWER_KINDS = {"vit": _vit, "resnet": _resnet}
 def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
                 remat: bool = False, sigmoid: bool = False,
                 activation: str = DEFAULT_ACTIVATION,
-                layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON) -> CLIP:
+                layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON,
+                patch_dropout: float = 0.0) -> CLIP:
   """CLIP two-tower model for a registered size. Params are always float32;
   ``dtype`` is the compute dtype of the towers (embeddings, the logit scale
   and the loss stay float32). ``sigmoid`` adds SigLIP's learned logit bias
   and uses SigLIP's initial scale and bias. ``activation`` (transformer MLPs)
   and ``layer_norm_epsilon`` change no parameter, only the function: released
   CLIP weights need ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip) and
-  1e-5 (see models/pretrained.py)."""
+  1e-5 (see models/pretrained.py). ``patch_dropout``: FLIP's fraction of
+  image patches dropped in training (a ViT only; models/vit.py)."""
   if name not in MODELS:
     raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
   if dtype not in DTYPES:
@@ -95,7 +101,7 @@ def build_model(name: str, *, vocab_size: int, dtype: str = "float32",
   image_cfg = dict(VISION_TOWERS[spec["image"]])
   image_tower, project_image = IMAGE_TOWER_KINDS[image_cfg.pop("kind")](
       image_cfg, embed_dim=spec["embed_dim"], remat=remat, dtype=cdtype,
-      block_opts=block_opts)
+      block_opts=block_opts, patch_dropout=patch_dropout)
   text_tower = TextTransformer(vocab_size=vocab_size, **TEXT_TOWERS[spec["text"]],
                                remat=remat, dtype=cdtype, **block_opts)
   init = (dict(init_logit_scale=clip.SIGLIP_INIT_LOGIT_SCALE,

@@ -5,7 +5,10 @@ run's checkpoint or the output of ``python -m cvlg_jax.pretrained import``
 (given as the step directory or as its workdir, whose newest step is used).
 Only the params (logit scale included) and the model state (BatchNorm
 statistics) are taken; the optimizer state, step counter and RNG stay as
-``init_state`` made them, so fine-tuning starts its schedules at step 0. The
+``init_state`` made them, so fine-tuning starts its schedules at step 0.
+``train.init_from_params`` (the ``train.freeze`` syntax) loads only some of
+them, e.g. ``image`` for LiT's pretrained image tower and a text tower (any
+tokenizer) from scratch; the rest keep their fresh initialisation. The
 EMA teacher (``loss.psd.teacher="ema"``) starts from the loaded params, as it
 starts from the initial params of a fresh run.
 
@@ -28,6 +31,7 @@ from flax import traverse_util
 from cvlg_jax.run import checkpointing
 from cvlg_jax import fileio
 from cvlg_jax.config import ConfigError, base_config
+from cvlg_jax.step import freeze as freeze_lib
 
 # Function-defining model options recorded in config.json (defaults for
 # runs recorded before the option existed).
@@ -81,9 +85,30 @@ def check_options(config, step_dir: str, source: str) -> None:
           f"{recorded[key]!r} (the weights were trained with it)")
 
 
-def check(config, step_dir: str, state, source: str) -> list[tuple]:
-  """Raises ConfigError unless the source's weights fit ``state``'s model;
-  returns the optional params the source lacks."""
+def _name(path: tuple) -> str:
+  """A flat key's name in the train.freeze syntax: the parameter path, for
+  model state without its collection (``batch_stats``)."""
+  return "/".join(path[1:] if path[0] == "params" else path[2:])
+
+
+def _included(config, target: dict) -> set:
+  """The flat keys of ``target`` that ``train.init_from_params`` loads."""
+  spec = config.train.init_from_params
+  if not spec:
+    return set(target)
+  names = {key: _name(key) for key in target}
+  try:
+    chosen = freeze_lib.selected_names(sorted(names.values()), spec,
+                                       "train.init_from_params")
+  except freeze_lib.FreezeSpecError as e:
+    raise ConfigError(str(e)) from None
+  return {key for key, name in names.items() if name in chosen}
+
+
+def check(config, step_dir: str, state, source: str) -> tuple[list, set]:
+  """Raises ConfigError unless the source's weights fit ``state``'s model
+  (where ``train.init_from_params`` loads them); returns the optional params
+  the source lacks and the flat keys to load."""
   check_options(config, step_dir, source)
   try:
     meta = checkpointing.weights_metadata(step_dir)
@@ -91,14 +116,19 @@ def check(config, step_dir: str, state, source: str) -> list[tuple]:
     reason = str(e).strip().splitlines()[0][:300]
     raise ConfigError(f"{source}: {step_dir} is not a readable "
                       f"checkpoint ({type(e).__name__}: {reason})") from None
-  target = {"params": state.params, "model_state": state.model_state}
-  diffs, lacking = _shape_mismatches(_flat(meta), _flat(target))
+  target = _flat({"params": state.params, "model_state": state.model_state})
+  wanted = _included(config, target)
+  saved = {k: v for k, v in _flat(meta).items()
+           if k in wanted or k not in target}
+  if config.train.init_from_params:  # what is not loaded need not fit
+    saved = {k: v for k, v in saved.items() if k in wanted}
+  diffs, lacking = _shape_mismatches(saved, {k: target[k] for k in wanted})
   if diffs:
     more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
     raise ConfigError(f"{source}: the checkpoint's weights do not fit "
                       f"model.name={config.model.name!r}: "
                       f"{'; '.join(diffs[:3])}{more}")
-  return lacking
+  return lacking, wanted - set(lacking)
 
 
 def load(config, state, shardings, path: str, source: str | None = None):
@@ -109,24 +139,20 @@ def load(config, state, shardings, path: str, source: str | None = None):
     step_dir = find_step_dir(path)
   except FileNotFoundError as e:
     raise ConfigError(f"{source}: {e}") from None
-  lacking = check(config, step_dir, state, source)
-  abstract = checkpointing.abstract_like(
+  _, loaded = check(config, step_dir, state, source)
+  kept = _flat({"params": state.params, "model_state": state.model_state})
+  abstract = _flat(checkpointing.abstract_like(
       {"params": state.params, "model_state": state.model_state},
-      {"params": shardings.params, "model_state": shardings.model_state})
-  if lacking:
-    flat = traverse_util.flatten_dict({"params": abstract["params"]})
-    abstract["params"] = traverse_util.unflatten_dict(
-        {p: v for p, v in flat.items() if p not in lacking})["params"]
-  restored = checkpointing.restore_weights(step_dir, abstract)
-  params = restored["params"]
-  if lacking:
-    flat = traverse_util.flatten_dict({"params": params})
-    kept = traverse_util.flatten_dict({"params": state.params})
-    params = traverse_util.unflatten_dict(
-        {**flat, **{p: kept[p] for p in lacking}})["params"]
+      {"params": shardings.params, "model_state": shardings.model_state}))
+  restored = _flat(checkpointing.restore_weights(
+      step_dir, traverse_util.unflatten_dict(
+          {k: v for k, v in abstract.items() if k in loaded})))
+  merged = traverse_util.unflatten_dict(
+      {k: restored[k] if k in loaded else v for k, v in kept.items()})
+  params, model_state = merged["params"], merged.get("model_state")
   ema = state.ema_params
   if ema is not None:  # a separate copy: the train step donates both buffers
     ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
                   out_shardings=shardings.ema_params)(params)
-  return state.replace(params=params, model_state=restored["model_state"],
+  return state.replace(params=params, model_state=model_state,
                        ema_params=ema), step_dir

@@ -85,14 +85,21 @@ def differing_keys(config, workdir: str, limit: int = 6) -> str:
 
 
 # What a resumed run may not change: the shapes of the train state (model,
-# tokenizer, image size, the bank's rows and storage) and which example each
+# tokenizer, image size, the bank's rows and storage, which parameters have
+# optimizer state) and which example each
 # batch row is (data order, the held-out split, caption noise, the seed).
 FROZEN_ON_RESUME = (
     "model.", "data.source", "data.data_dir", "data.tfds_name", "data.tfds_split",
     "data.image_key", "data.caption_key", "data.num_train", "data.num_heldout",
     "data.caption_noise", "data.tokenizer", "data.tokenizer_path",
     "data.vocab_size", "data.context_length", "data.image_size", "loss.name",
-    "loss.psd.teacher", "loss.psd.bank_dtype", "train.batch_size", "train.seed")
+    "loss.psd.teacher", "loss.psd.bank_dtype", "train.batch_size", "train.seed",
+    "train.freeze")
+
+
+# Under those prefixes but free to change: no state depends on it (FLIP's
+# unmasked tuning resumes a patch-dropout run with model.patch_dropout=0).
+CHANGEABLE_ON_RESUME = ("model.patch_dropout",)
 
 
 def _resume_differences(config, workdir: str) -> tuple[dict, dict]:
@@ -107,7 +114,8 @@ def _resume_differences(config, workdir: str) -> tuple[dict, dict]:
   refused, allowed = {}, {}
   for k in sorted(ours.keys() | theirs.keys()):
     if ours.get(k) != theirs.get(k):
-      side = refused if k.startswith(FROZEN_ON_RESUME) else allowed
+      side = (refused if k.startswith(FROZEN_ON_RESUME)
+              and k not in CHANGEABLE_ON_RESUME else allowed)
       side[k] = [theirs.get(k), ours.get(k)]
   return refused, allowed
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from cvlg_jax.step import freeze as freeze_lib
+
 
 def decay_mask(params):
   """True for tensors that get weight decay: matrices and embeddings (ndim >= 2).
@@ -27,8 +29,12 @@ def learning_rate_schedule(optim_cfg, total_steps: int,
       end_value=optim_cfg.learning_rate * optim_cfg.min_lr_ratio)
 
 
-def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int | None = None):
-  """(optax transformation, learning-rate schedule)."""
+def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int | None = None,
+                   freeze: str = ""):
+  """(optax transformation, learning-rate schedule). ``freeze`` (a
+  ``train.freeze`` spec, step/freeze.py): those parameters get
+  ``set_to_zero`` instead, so no optimizer state is allocated for them and
+  clipping sees only the trained gradients."""
   schedule = learning_rate_schedule(optim_cfg, total_steps, warmup_steps)
   parts = []
   if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
@@ -36,4 +42,8 @@ def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int | None = None)
   parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
                            eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay,
                            mask=decay_mask))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if freeze:
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               freeze_lib.optimizer_labels(freeze))
+  return tx, schedule

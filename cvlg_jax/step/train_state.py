@@ -10,10 +10,12 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from cvlg_jax.config import ConfigError
 from cvlg_jax.data import pipeline
 from cvlg_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from cvlg_jax.models.registry import build_model
 from cvlg_jax.step import bank as bank_lib, sharding
+from cvlg_jax.step.freeze import FreezeSpecError
 from cvlg_jax.step.optim import make_optimizer
 
 
@@ -41,18 +43,21 @@ def eval_variables(state: TrainState) -> dict:
   return model_variables(state.params, state.model_state)
 
 
-def forward(model, params, model_state, images, tokens):
+def forward(model, params, model_state, images, tokens, patch_noise=None):
   """Training-mode ``(img_emb, txt_emb, new_model_state)``.
 
   BatchNorm normalises with the statistics of this (global) batch and returns
   updated running statistics; for a model without state this is plain apply.
+  ``patch_noise`` [N, num_patches]: which patches each row keeps
+  (``model.patch_dropout``); None without patch dropout.
   """
   if not model_state:
-    img, txt, _ = model.apply({"params": params}, images, tokens, train=True)
+    img, txt, _ = model.apply({"params": params}, images, tokens, train=True,
+                              patch_noise=patch_noise)
     return img, txt, model_state
   (img, txt, _), new_state = model.apply(
       model_variables(params, model_state), images, tokens, train=True,
-      mutable=list(model_state))
+      mutable=list(model_state), patch_noise=patch_noise)
   return img, txt, new_state
 
 
@@ -75,8 +80,10 @@ def build(plan, tokenizer=None):
                       dtype=config.model.dtype, remat=config.model.remat,
                       sigmoid=plan.loss.kind == "sigmoid",
                       activation=config.model.activation,
-                      layer_norm_epsilon=config.model.layer_norm_epsilon)
-  tx, schedule = make_optimizer(config.optim, plan.total_steps, plan.warmup_steps)
+                      layer_norm_epsilon=config.model.layer_norm_epsilon,
+                      patch_dropout=config.model.patch_dropout)
+  tx, schedule = make_optimizer(config.optim, plan.total_steps, plan.warmup_steps,
+                                config.train.freeze)
   return tokenizer, model, tx, schedule
 
 
@@ -100,12 +107,21 @@ def _init_fn(plan, model, tx, num_devices):
   return init
 
 
+def _state_shapes(init, rng):
+  """The state's shapes; a ``train.freeze`` spec that does not fit the model
+  (seen only once the parameters exist) is a one-line ConfigError."""
+  try:
+    return jax.eval_shape(init, rng)
+  except FreezeSpecError as e:
+    raise ConfigError(str(e)) from None
+
+
 def abstract_state(plan, model, tx, mesh):
   """``(state of ShapeDtypeStructs carrying their shardings, shardings)``:
   the state's description only, nothing allocated (ahead-of-time compiles)."""
   init = _init_fn(plan, model, tx, mesh.size)
   rng = jax.random.key(plan.config.train.seed)
-  shapes = jax.eval_shape(init, rng)
+  shapes = _state_shapes(init, rng)
   shardings = sharding.state_shardings(mesh, shapes)
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -117,6 +133,6 @@ def init_state(plan, model, tx, mesh):
   """Initialises the state directly in its target shardings; returns both."""
   init = _init_fn(plan, model, tx, mesh.size)
   rng = jax.random.key(plan.config.train.seed)
-  shardings = sharding.state_shardings(mesh, jax.eval_shape(init, rng))
+  shardings = sharding.state_shardings(mesh, _state_shapes(init, rng))
   state = jax.jit(init, out_shardings=shardings)(rng)
   return state, shardings

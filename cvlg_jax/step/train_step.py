@@ -19,11 +19,16 @@ import jax.numpy as jnp
 import optax
 
 from cvlg_jax import losses
-from cvlg_jax.step import bank as bank_lib, sharding
+from cvlg_jax.step import bank as bank_lib, freeze as freeze_lib, sharding
 from cvlg_jax.step.accumulation import (embed_micro, make_grad_fn, micro_merge,
-                                        micro_split)
+                                        split_inputs)
 from cvlg_jax.step.train_state import (TrainState, forward, logit_params,
                                  normalize_images)
+
+
+# fold_in constant of the patch-dropout key (the step key itself picks PSD's
+# distilled rows).
+PATCH_DROPOUT_STREAM = 0xF11
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +84,11 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
       mesh, kind=plan.loss.kind, chunk_size=config.loss.chunk_size,
       distill=distill, unit_temperature=psd.teacher_temperature == 1.0)
   micro_batches = plan.accum_steps
-  grad_fn = make_grad_fn(model, loss_fn, micro_batches, mesh)
+  freeze_spec = config.train.freeze
+  frozen_of = lambda params: freeze_lib.mask(params, freeze_spec)  # noqa: E731
+  lock = ((lambda p: freeze_lib.stop_frozen(p, frozen_of(p)))
+          if freeze_spec else None)
+  grad_fn = make_grad_fn(model, loss_fn, micro_batches, mesh, lock)
   guard = config.train.skip_nonfinite_steps > 0
   rows = sharding.batch_sharding(mesh)
 
@@ -98,11 +107,18 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
   def step_fn(state: TrainState, batch, bank_rows=None):
     images, tokens = normalize_images(batch["image"]), batch["tokens"]
     n = images.shape[0]
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    # The patches dropped this step: a function of (seed, step), so a resumed
+    # run drops the same ones; one noise row per example, split with the batch.
+    patch_noise = None
+    if config.model.patch_dropout > 0:
+      patch_noise = jax.lax.with_sharding_constraint(jax.random.uniform(
+          jax.random.fold_in(key, PATCH_DROPOUT_STREAM),
+          (n, model.image_tower.num_patches(images.shape[1]))), rows)
     if distill:
       alpha = losses.alpha_schedule(state.step, alpha_final=psd.alpha_final,
                                     ramp_steps=plan.ramp_steps,
                                     steps_per_epoch=plan.ramp_epoch_steps)
-      key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       mask = losses.distill_mask(key, n, psd.subset_fraction, psd.subset)
     else:
       alpha, mask = jnp.float32(0.0), jnp.zeros((n,), bool)
@@ -112,12 +128,13 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
       teacher, bank_metrics = bank_teacher(state, bank_rows)
     if plan.uses_ema:
       ema = jax.lax.stop_gradient(state.ema_params)
-      # Teacher BatchNorm uses batch statistics too; its stat updates are dropped.
+      # Teacher BatchNorm uses batch statistics too; its stat updates are
+      # dropped. With patch dropout it sees the student's patches.
       if micro_batches == 1:
-        t_img, t_txt, _ = forward(model, ema, state.model_state, images, tokens)
+        t_img, t_txt, _ = forward(model, ema, state.model_state, images, tokens,
+                                  patch_noise)
       else:
-        micro = (micro_split(images, micro_batches, mesh),
-                 micro_split(tokens, micro_batches, mesh))
+        micro = split_inputs(images, tokens, patch_noise, micro_batches, mesh)
         t_img, t_txt = map(micro_merge, embed_micro(
             model, ema, state.model_state, micro)[0])
       teacher = losses.Teacher(t_img, t_txt, logit_params(model, ema)[0])
@@ -125,13 +142,18 @@ def make_train_step(plan, model, tx, schedule, mesh, state_shardings) -> TrainSt
                                float(psd.teacher_temperature), teacher)
 
     (loss, aux), grads = grad_fn(state.params, state.model_state, images,
-                                 tokens, inputs)
+                                 tokens, inputs, patch_noise)
     metrics, scale = aux.metrics, aux.logit_scale
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if plan.uses_ema:
       ema_params = optax.incremental_update(params, ema_params, 1 - plan.ema_decay)
+    if freeze_spec:  # bit for bit, in the student and its EMA alike
+      frozen = frozen_of(state.params)
+      params = freeze_lib.keep_frozen(state.params, params, frozen)
+      if plan.uses_ema:
+        ema_params = freeze_lib.keep_frozen(state.ema_params, ema_params, frozen)
     grad_norm = optax.tree.norm(grads)
     # A bad update is dropped, but the step still counts: the learning-rate
     # and PSD schedules stay aligned with the data position (loop step).
