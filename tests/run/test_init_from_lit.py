@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from cvlg_jax import config as config_lib
 from cvlg_jax.run import checkpointing, loop
 from cvlg_jax.run.saved_config import ConfigMismatchError
 from configs import demo, lit
@@ -58,6 +59,10 @@ def test_lit_config_locks_the_image_tower_and_loads_nothing_else():
   assert c.optim.learning_rate == 1e-5
   with pytest.raises(ValueError, match="text='bert'"):
     lit.get_config("text=bert")
+  # The README's command line is a valid config (paths aside: not on this host).
+  config_lib.validate(lit.get_config(
+      "init_from=/ckpt/b32,data_dir=/data/cc3m_ar,vocab=/data/bpe.txt.gz,"
+      "num_examples=2800000"), paths=False)
 
 
 class _StopAt(loop.StepHooks):
