@@ -48,6 +48,17 @@ def run_steps(config, host_state, mesh, batches, model=None):
   return states, metrics
 
 
+def fresh_step(config, mesh):
+  """``(model, state, shardings, train step, data iterator)`` of a fresh run
+  of ``config`` on ``mesh``: the state initialised, the step compiled on
+  first call."""
+  plan = plan_of(config)
+  tokenizer, model, tx, schedule = train_state.build(plan)
+  state, shardings = train_state.init_state(plan, model, tx, mesh)
+  step = train_step.make_train_step(plan, model, tx, schedule, mesh, shardings)
+  return model, state, shardings, step, iter(pipeline.train_dataset(config, tokenizer))
+
+
 def assert_tree_close(actual, desired, rtol):
   """allclose per leaf with atol = rtol x the tree's largest float entry.
 

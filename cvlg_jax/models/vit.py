@@ -37,8 +37,9 @@ class VisionTransformer(nn.Module):
 
   ``pool="cls"`` reads a learned class token (CLIP); ``"gap"`` averages the
   patch tokens (often more stable for small models). ``patch_dropout`` > 0
-  drops that fraction of patch tokens per example when ``train`` (FLIP), with
-  the ``"patch_dropout"`` RNG stream; evaluation always sees every patch.
+  drops that fraction of patch tokens per example when ``train`` (FLIP),
+  chosen by ``patch_noise`` [B, num_patches] (the step draws it); evaluation
+  always sees every patch.
   """
   patch_size: int
   width: int

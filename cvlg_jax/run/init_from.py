@@ -105,10 +105,10 @@ def _included(config, target: dict) -> set:
   return {key for key, name in names.items() if name in chosen}
 
 
-def check(config, step_dir: str, state, source: str) -> tuple[list, set]:
+def check(config, step_dir: str, state, source: str) -> set:
   """Raises ConfigError unless the source's weights fit ``state``'s model
-  (where ``train.init_from_params`` loads them); returns the optional params
-  the source lacks and the flat keys to load."""
+  (where ``train.init_from_params`` loads them); returns the flat keys to
+  load (without the optional params the source lacks)."""
   check_options(config, step_dir, source)
   try:
     meta = checkpointing.weights_metadata(step_dir)
@@ -118,17 +118,18 @@ def check(config, step_dir: str, state, source: str) -> tuple[list, set]:
                       f"checkpoint ({type(e).__name__}: {reason})") from None
   target = _flat({"params": state.params, "model_state": state.model_state})
   wanted = _included(config, target)
+  # A key the model lacks is a mismatch, unless only some keys are loaded:
+  # what is not loaded need not fit.
+  partial = bool(config.train.init_from_params)
   saved = {k: v for k, v in _flat(meta).items()
-           if k in wanted or k not in target}
-  if config.train.init_from_params:  # what is not loaded need not fit
-    saved = {k: v for k, v in saved.items() if k in wanted}
+           if k in wanted or (not partial and k not in target)}
   diffs, lacking = _shape_mismatches(saved, {k: target[k] for k in wanted})
   if diffs:
     more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
     raise ConfigError(f"{source}: the checkpoint's weights do not fit "
                       f"model.name={config.model.name!r}: "
                       f"{'; '.join(diffs[:3])}{more}")
-  return lacking, wanted - set(lacking)
+  return wanted - set(lacking)
 
 
 def load(config, state, shardings, path: str, source: str | None = None):
@@ -139,7 +140,7 @@ def load(config, state, shardings, path: str, source: str | None = None):
     step_dir = find_step_dir(path)
   except FileNotFoundError as e:
     raise ConfigError(f"{source}: {e}") from None
-  _, loaded = check(config, step_dir, state, source)
+  loaded = check(config, step_dir, state, source)
   kept = _flat({"params": state.params, "model_state": state.model_state})
   abstract = _flat(checkpointing.abstract_like(
       {"params": state.params, "model_state": state.model_state},

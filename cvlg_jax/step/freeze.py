@@ -67,21 +67,22 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+def _block_id(name: str) -> tuple[int, ...] | None:
+  """The image-tower block a parameter belongs to, in order (ViT block i ->
+  (i,), ResNet layer s_j -> (s, j)); None outside the blocks."""
+  m = _BLOCK.match(name)
+  return None if m is None else tuple(int(g) for g in m.groups()[1:] if g is not None)
+
+
 def _except_last(names: list[str], n: int, entry: str, key: str) -> set[str]:
-  blocks = sorted({tuple(int(g) for g in m.groups()[1:] if g is not None)
-                   for m in map(_BLOCK.match, names) if m})
+  blocks = sorted({b for b in map(_block_id, names) if b is not None})
   if n > len(blocks):
     raise FreezeSpecError(f"config.{key}: {entry!r} but the image tower has "
                           f"{len(blocks)} blocks")
   trained = set(blocks[len(blocks) - n:])
-
-  def frozen(name):
-    if not name.startswith("image_tower/") or _AFTER_BLOCKS.match(name):
-      return False
-    m = _BLOCK.match(name)
-    return not (m and tuple(int(g) for g in m.groups()[1:] if g is not None)
-                in trained)
-  return {name for name in names if frozen(name)}
+  return {name for name in names
+          if name.startswith("image_tower/") and not _AFTER_BLOCKS.match(name)
+          and _block_id(name) not in trained}
 
 
 def selected_names(names: list[str], spec: str, key: str = "train.freeze") -> set[str]:
@@ -95,7 +96,7 @@ def selected_names(names: list[str], spec: str, key: str = "train.freeze") -> se
     else:
       pattern = re.compile(SHORTCUTS.get(entry, entry))
       hit = {name for name in names if pattern.fullmatch(name)}
-    if not hit and not entry.endswith("=0"):
+    if not hit:
       raise FreezeSpecError(
           f"config.{key}: {entry!r} matches no parameter (paths look like "
           f"{names[0]!r})")

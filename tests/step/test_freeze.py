@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from cvlg_jax import config as config_lib
-from cvlg_jax.data import pipeline
 from cvlg_jax.models.registry import build_model
-from cvlg_jax.step import freeze, sharding, train_state, train_step
+from cvlg_jax.step import freeze, sharding, train_state
 
-from train_fixtures import mesh_of, plan_of, tiny_config
+from train_fixtures import fresh_step, mesh_of, plan_of, tiny_config
 
 
 def _params(name="tiny"):
@@ -101,13 +100,9 @@ def locked_and_full():
   runs = {}
   for spec in ("image", ""):
     config = tiny_config(**{"train.freeze": spec})
-    plan = plan_of(config)
-    tokenizer, model, tx, schedule = train_state.build(plan)
     mesh = mesh_of(8, 1)
-    state, shardings = train_state.init_state(plan, model, tx, mesh)
+    model, state, _, step, it = fresh_step(config, mesh)
     initial = jax.device_get(state)
-    step = train_step.make_train_step(plan, model, tx, schedule, mesh, shardings)
-    it = iter(pipeline.train_dataset(config, tokenizer))
     batch = sharding.shard_batch(next(it), mesh)
     flops = step.lower(state, batch)["train_step"].compile().cost_analysis()["flops"]
     for _ in range(3):

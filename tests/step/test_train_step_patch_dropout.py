@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from cvlg_jax import config as config_lib, losses
-from cvlg_jax.data import pipeline
 from cvlg_jax.models.registry import build_model
 from cvlg_jax.models.vit import drop_patches, kept_patches
-from cvlg_jax.step import sharding, train_state, train_step
+from cvlg_jax.step import sharding, train_step
 
-from train_fixtures import assert_tree_close, mesh_of, plan_of, tiny_config
+from train_fixtures import assert_tree_close, fresh_step, mesh_of, tiny_config
 
 
 def test_drop_patches_keeps_the_class_token_and_a_distinct_subset():
@@ -87,14 +86,10 @@ def test_micro_batches_drop_what_the_full_batch_drops(fsdp_init, mesh_shape, rem
 def _first_steps(config, repeats=1):
   """(params, loss) after one step from the initial state, ``repeats``
   times over with the same compiled step (the step donates its input)."""
-  plan = plan_of(config)
-  tokenizer, model, tx, schedule = train_state.build(plan)
   mesh = mesh_of(8, 1)
-  state, shardings = train_state.init_state(plan, model, tx, mesh)
+  _, state, shardings, step, it = fresh_step(config, mesh)
   host = jax.device_get(state)
-  step = train_step.make_train_step(plan, model, tx, schedule, mesh, shardings)
-  batch = sharding.shard_batch(next(iter(pipeline.train_dataset(config, tokenizer))),
-                               mesh)
+  batch = sharding.shard_batch(next(it), mesh)
   out = []
   for _ in range(repeats):
     new, metrics = step(jax.device_put(host, shardings), batch)
