@@ -15,7 +15,7 @@ from the data set's nominal size: sets the steps per epoch), ``dtype``,
 ``image_size``, ``workers``, ``eval_data_dir`` (TFDS data_dir for the eval sets),
 ``evals=paper`` (the full benchmark suite of configs/eval_suite.py instead
 of the cheap during-training set),
-``teacher`` (bank | ema | self) and ``schedule`` (early | paper) of PSD,
+``teacher`` (bank | ema | self) and ``schedule`` (early | paper | epochs) of PSD,
 ``smoke`` (a seconds-long run for tests).
 
 The schedule below is this project's default, not a number from the paper:
@@ -76,11 +76,22 @@ def format_arg(args: dict) -> str:
                   for k, v in args.items())
 
 
-# name -> (alpha_final, subset_fraction, ramp as a fraction of train.steps).
-# ``paper``: the design's first default; ``early``: PS-KD's alpha_T 0.8 on
-# every row, at full weight after a quarter of training (before CLIP has
-# memorised the noisy pairs in the memorisation study).
-PSD_SCHEDULES = {"paper": (0.5, 0.5, 1.0), "early": (0.8, 1.0, 0.25)}
+# name -> the loss.psd knobs of one PSD schedule (docs/design.md, "The
+# default schedule"). ``paper``: the design's first default (alpha_T 0.5 on
+# half the batch, ramped over the whole run); ``early``: PS-KD's alpha_T 0.8
+# on every row, at full weight after a quarter of the run; ``epochs``: the
+# same alpha_T and rows, ramped over a fixed 12.5 epochs (= ``early`` at the
+# memorisation study's 50 epochs), so a short run ends far below full weight
+# and a long one reaches it early. Each ramp is resolved when the run starts
+# (from train.steps, or the steps per epoch), so overriding either rescales it.
+PSD_SCHEDULES = {
+    "paper": dict(alpha_final=0.5, subset_fraction=0.5, ramp_fraction=1.0,
+                  ramp_epochs=0.0),
+    "early": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=0.25,
+                  ramp_epochs=0.0),
+    "epochs": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=1.0,
+                   ramp_epochs=12.5),
+}
 # (teacher, schedule) of every shipped PSD config: the memorisation study's
 # choice (docs/robustness.md, chosen on held-out training pairs).
 DEFAULT_PSD = ("bank", "early")
@@ -93,18 +104,22 @@ DEFAULT_PSD = ("bank", "early")
 SHORT_RUN_PSD = ("bank", "paper")
 
 
-def set_psd(c, teacher: str = DEFAULT_PSD[0], schedule: str = DEFAULT_PSD[1],
-            where: str = "config") -> None:
-  """PSD's teacher and schedule. The ramp is a fraction of the run
-  (``loss.psd.ramp_fraction``), resolved when the run starts, so an override
-  of ``train.steps`` rescales it."""
+def schedule_knobs(schedule: str, where: str = "config") -> dict:
+  """The ``loss.psd`` values of a named schedule (ramp_steps -1: resolved
+  from the run, never a frozen count)."""
   if schedule not in PSD_SCHEDULES:
     raise ValueError(f"{where}: schedule={schedule!r}; allowed: "
                      f"{', '.join(PSD_SCHEDULES)}")
-  alpha, fraction, ramp = PSD_SCHEDULES[schedule]
+  return {**PSD_SCHEDULES[schedule], "ramp_steps": -1}
+
+
+def set_psd(c, teacher: str = DEFAULT_PSD[0], schedule: str = DEFAULT_PSD[1],
+            where: str = "config") -> None:
+  """PSD's teacher and schedule (:data:`PSD_SCHEDULES`)."""
+  knobs = schedule_knobs(schedule, where)
   c.loss.psd.teacher = teacher
-  c.loss.psd.alpha_final, c.loss.psd.subset_fraction = alpha, fraction
-  c.loss.psd.ramp_fraction, c.loss.psd.ramp_steps = ramp, -1
+  for key, value in knobs.items():
+    c.loss.psd[key] = value
 
 
 PRETRAIN_ARGS = {"model": str, "dtype": str, "loss": str, "data_dir": str,

@@ -11,7 +11,7 @@ import ml_collections
 
 from cvlg_jax import fileio, losses
 from cvlg_jax.step import bank, freeze as freeze_lib
-from cvlg_jax.data import train_sources
+from cvlg_jax.data import synthetic, train_sources
 from cvlg_jax.data.tokenizers import TOKENIZERS
 from cvlg_jax.evaluation.common import registered_types
 from cvlg_jax.models.registry import ACTIVATIONS, DTYPES, MODELS, VISION_TOWERS
@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
       # on; the "heldout" evaluator scores them, to choose knobs by.
       num_heldout=0,
       caption_noise=0.0,         # synthetic / tfds_class_captions: noisy fraction
+      # synthetic: the kinds a noisy caption draws from ("partial" alone:
+      # many-to-many captions, true but naming only part of the scene).
+      noise_kinds="swap+partial+corrupt",
       data_dir="",               # arrayrecord shards / TFDS data_dir
       tfds_name="", tfds_split="train",
       image_key="image", caption_key="caption",  # TFDS feature names
@@ -74,8 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
           alpha_final=0.5,
           # alpha reaches alpha_final after ramp_fraction x train.steps (resolved
           # when the run starts, so a train.steps override rescales it);
-          # ramp_steps > 0 fixes the count instead.
+          # ramp_epochs > 0 ramps over that many epochs instead (resolved from
+          # the steps per epoch: a shorter run ends below alpha_final);
+          # ramp_steps > 0 fixes the count.
           ramp_fraction=1.0,
+          ramp_epochs=0.0,
           ramp_steps=-1,
           ramp_unit="step",       # step | epoch
           subset="random",        # random | all
@@ -227,7 +233,7 @@ def _check_loss(config, paths: bool) -> None:
   if not 0 < psd.ramp_fraction <= 1:
     raise ConfigError(f"config.loss.psd.ramp_fraction={psd.ramp_fraction} must "
                       "be in (0, 1]")
-  _non_negative(config, "loss.psd.ema_horizon_epochs")
+  _non_negative(config, "loss.psd.ema_horizon_epochs", "loss.psd.ramp_epochs")
   if psd.ramp_steps == 0 or psd.ramp_steps < -1:
     raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
                       "> 0, or -1 for ramp_fraction of the training steps")
@@ -248,10 +254,24 @@ def _check_data(config, paths: bool) -> None:
     raise ConfigError(f"config.data.tokenizer_path={data.tokenizer_path!r} does "
                       f"not exist (needed by data.tokenizer={data.tokenizer!r})")
   _in_range(data.caption_noise, 0.0, 1.0, "data.caption_noise")
+  _check_noise_kinds(data)
   _in_range(data.crop_min_scale, 0.01, 1.0, "data.crop_min_scale")
   _positive(config, "data.image_size", "data.context_length", "data.num_train")
   _non_negative(config, "data.num_heldout", "data.worker_count",
                 "data.read_threads")
+
+
+def _check_noise_kinds(data) -> None:
+  try:
+    kinds = synthetic.parse_noise_kinds(data.noise_kinds)
+  except ValueError as e:
+    raise ConfigError(f"config.data.noise_kinds={data.noise_kinds!r}: {e}"
+                      ) from None
+  if data.source != "synthetic" and set(kinds) != set(synthetic.NOISE_KINDS):
+    raise ConfigError(
+        f"config.data.noise_kinds={data.noise_kinds!r}: only the synthetic "
+        f"source draws noise kinds (data.source={data.source!r} has one: "
+        "wrong captions); leave the default")
 
 
 def _check_optim(config, paths: bool) -> None:

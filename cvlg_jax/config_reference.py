@@ -51,6 +51,9 @@ MEANINGS = {
                         "in addition to num_train).",
     "data.caption_noise": "Fraction of captions swapped for another example's "
                           "(synthetic, tfds_class_captions).",
+    "data.noise_kinds": "Synthetic: '+'-joined kinds a noisy caption draws "
+                        "from (swap, partial, corrupt); partial alone: "
+                        "many-to-many captions.",
     "data.data_dir": "ArrayRecord shard folder or TFDS data_dir.",
     "data.tfds_name": "TFDS builder name (tfds sources).",
     "data.tfds_split": "TFDS split to train on.",
@@ -73,8 +76,11 @@ MEANINGS = {
     "loss.psd.alpha_final": "Weight of the soft targets at the end of the ramp.",
     "loss.psd.ramp_fraction": "Alpha ramps to alpha_final over this fraction "
                               "of train.steps, resolved when the run starts.",
-    "loss.psd.ramp_steps": "> 0: ramp over this many steps instead; -1: use "
-                           "ramp_fraction.",
+    "loss.psd.ramp_epochs": "> 0: ramp over this many epochs instead "
+                            "(resolved from the steps per epoch; a shorter "
+                            "run ends below alpha_final).",
+    "loss.psd.ramp_steps": "> 0: ramp over this many steps instead (before "
+                           "ramp_epochs); -1: use ramp_epochs or ramp_fraction.",
     "loss.psd.ramp_unit": "step (alpha moves every step) or epoch (once per epoch).",
     "loss.psd.subset": "random (distil a random subset of rows) or all (every row).",
     "loss.psd.subset_fraction": "Fraction of rows that get soft targets "

@@ -73,6 +73,7 @@ def make_plan(config, num_devices: int, *, open_data: bool = True,
   data = None
   psd = config.loss.psd
   needs_size = (teacher == "bank" or psd.ramp_unit == "epoch"
+                or (spec.distills and psd.ramp_epochs > 0 and psd.ramp_steps <= 0)
                 or (teacher == "ema" and psd.ema_horizon_epochs > 0)
                 or config.train.eval_every_epochs > 0)
   if num_examples is None and (open_data or needs_size):
@@ -98,6 +99,18 @@ def _fraction_of_steps(fraction: float, steps: int) -> int:
   return max(1, round(fraction * steps))
 
 
+def _ramp_steps(psd, steps: int, per_epoch: int) -> int:
+  """PSD's ramp in steps: a fixed count, else epochs, else a fraction of the
+  run. An epoch ramp may outlast the run: alpha then ends below alpha_final,
+  which is the point (a short run never puts full weight on a bank written
+  by a weak model; docs/design.md, "The default schedule")."""
+  if psd.ramp_steps > 0:
+    return psd.ramp_steps
+  if psd.ramp_epochs > 0:
+    return max(1, round(psd.ramp_epochs * per_epoch))
+  return _fraction_of_steps(psd.ramp_fraction, steps)
+
+
 def resolve_steps(config, steps_per_epoch: int | None) -> dict:
   """The step counts a config gives as fractions of the run or in epochs,
   from this run's ``train.steps`` and steps per epoch: so an override of
@@ -109,8 +122,7 @@ def resolve_steps(config, steps_per_epoch: int | None) -> dict:
   if psd.ema_horizon_epochs > 0:
     ema = 1.0 - 1.0 / max(1.0, psd.ema_horizon_epochs * per_epoch)
   return dict(
-      ramp_steps=(psd.ramp_steps if psd.ramp_steps > 0
-                  else _fraction_of_steps(psd.ramp_fraction, steps)),
+      ramp_steps=_ramp_steps(psd, steps, per_epoch),
       ema_decay=ema,
       warmup_steps=(round(optim.warmup_fraction * steps)
                     if optim.warmup_fraction > 0 else optim.warmup_steps),
