@@ -22,18 +22,27 @@ the fall:
     the validation set the study picks its default teacher on, so nothing is
     chosen on the evaluation sets.
 
-Args (comma-separated): ``clip`` (the baseline) or ``teacher=self|ema|bank``
-(PSD's teacher, default self), ``schedule=paper|early`` (below), ``T=``
-(teacher temperature, default 1), ``noise=P``, ``steps=N``, ``num_train=N``
-(synthetic), ``dataset=``/``data_dir=``/``flip=0`` (real data, as
-configs/robustness.py), ``tiny``.
+  * ``probe``: a linear probe (frozen image features) on the clean classes
+    (synthetic: fit on 2,000 single-object scenes, scored on the zero-shot
+    images; digits: the folder's train / test splits), every 200 steps.
 
-PSD's schedule (``SCHEDULES``): ``paper`` is the design default (alpha_T 0.5
-ramped over all steps, half of each batch distilled); ``early`` is PS-KD's
-alpha_T 0.8 with every row distilled, ramped over the first quarter of
-training, so that the soft targets are at full weight before the noisy pairs
-are memorised (CLIP has fitted ~25 % of them after 10 epochs here). The study
-picks between them per teacher on the held-out pairs. The EMA teacher
+Args (comma-separated): ``clip`` (the baseline) or ``teacher=self|ema|bank``
+(PSD's teacher, default self), ``schedule=paper|early|epochs`` (below),
+``T=`` (teacher temperature, default 1), ``noise=P``, ``kinds=partial``
+(synthetic noise kinds, data.noise_kinds: partial alone = many-to-many
+captions), ``steps=N`` or ``epochs=E`` (synthetic: E x num_train / batch
+steps), ``num_train=N`` (synthetic), ``dataset=``/``data_dir=``/``flip=0``
+(real data, as configs/robustness.py), ``probe=0`` (no linear probe),
+``tiny``.
+
+PSD's schedule (configs/common.py ``PSD_SCHEDULES``): ``paper`` is the design
+default (alpha_T 0.5 ramped over all steps, half of each batch distilled);
+``early`` is PS-KD's alpha_T 0.8 with every row distilled, ramped over the
+first quarter of training, so that the soft targets are at full weight
+before the noisy pairs are memorised (CLIP has fitted ~25 % of them after 10
+epochs here); ``epochs`` is the same ramped over 12.5 epochs whatever the
+run's length. The study picks per teacher on the held-out pairs, the length
+study (studies/psd_length) across run lengths. The EMA teacher
 averages over about one epoch (decay 1 - 1 / steps per epoch), the horizon the
 bank teacher's entries have, so the two teachers are equally stale.
 """
@@ -45,15 +54,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common, robustness  # noqa: E402
 
 ARGS = {"clip": bool, "teacher": str, "schedule": str, "T": float,
-        "noise": float, "steps": int, "num_train": int, "dataset": str,
-        "data_dir": str, "flip": bool, "tiny": bool}
+        "noise": float, "kinds": str, "steps": int, "epochs": float,
+        "num_train": int, "dataset": str, "data_dir": str, "flip": bool,
+        "probe": bool, "tiny": bool}
 # What configs/robustness.py reads of these.
 _PASSED = ("clip", "noise", "dataset", "data_dir", "flip", "tiny")
 NUM_TRAIN = 2048
 NUM_HELDOUT = 256
 STEPS = 800
-# name -> (alpha_final, subset_fraction, ramp as a fraction of train.steps)
-SCHEDULES = common.PSD_SCHEDULES
+# The linear probe (frozen image features, clean classes) every this many
+# steps: L-BFGS over the l2 grid costs several evaluations' time.
+PROBE_EVERY = 200
 
 
 def get_config(arg=None):
@@ -65,16 +76,34 @@ def get_config(arg=None):
   if not real:
     c.data.num_train = args.get("num_train", NUM_TRAIN)
   c.train.steps = args.get("steps", STEPS)
+  if "epochs" in args:
+    if real or "steps" in args:
+      raise ValueError("configs/memorisation.py: epochs= sets the steps of "
+                       "the synthetic set; with dataset= (or steps=) give "
+                       "steps= alone")
+    per_epoch = max(1, c.data.num_train // c.train.batch_size)
+    c.train.steps = max(1, round(args["epochs"] * per_epoch))
+  if "kinds" in args:
+    c.data.noise_kinds = args["kinds"]
   c.train.eval_every = 50
   c.train.checkpoint_every = c.train.steps
   c.loss.psd.teacher_temperature = args.get("T", 1.0)
   c.eval.memorisation = dict(type="memorisation", num_examples=500)
   c.eval.heldout = dict(type="heldout")
+  if args.get("probe", True):
+    probe_set = args["dataset"] if real else "synthetic"
+    c.eval.probe = dict(type="linear_probe", dataset=probe_set,
+                        data_dir=args.get("data_dir") or None,
+                        every=min(PROBE_EVERY, c.train.steps),
+                        l2_grid=(1e-4, 1e-3, 1e-2, 1e-1))
   if args.get("tiny"):
     c.data.num_train, c.data.num_heldout = 64, 16
     c.train.steps = args.get("steps", 6)
     c.train.eval_every = c.train.checkpoint_every = 3
     c.eval.memorisation.num_examples = 20
+    if "probe" in c.eval:
+      c.eval.probe.every = 3
+      c.eval.probe.max_train_examples, c.eval.probe.max_examples = 80, 40
   common.set_psd(c, args.get("teacher", "self"), args.get("schedule", "paper"),
                  "configs/memorisation.py")
   # Decay 1 - 1 / steps per epoch, resolved when the run starts (the config

@@ -25,6 +25,7 @@ from cvlg_jax.data.classnames import imagenet
 from cvlg_jax.data.classnames import imagenet_subsets
 from cvlg_jax.data.classnames import objects
 from cvlg_jax.data.classnames import readable
+from cvlg_jax.data import synthetic
 from cvlg_jax.data.classnames import scenes
 from cvlg_jax.data.local_sources import (
     DatasetUnavailable, as_rgb, check_folder, fgvc_aircraft_source,
@@ -212,7 +213,8 @@ def check_folder_split(name: str, split: str | None = None, train: bool = False,
 def open_classification(name: str, split: str | None = None,
                         data_dir: str | None = None, train: bool = False,
                         what: str | None = None) -> ClassificationData:
-  """Opens a registered set, or ``folder:/path`` (class names = sub-folders).
+  """Opens a registered set, ``folder:/path`` (class names = sub-folders), or
+  ``synthetic`` (the built-in scenes' (colour, shape) classes).
 
   ``split`` defaults to the set's test split, or its train split when
   ``train`` (linear probe). For ``folder:`` the classes live in
@@ -220,6 +222,10 @@ def open_classification(name: str, split: str | None = None,
   ``<path>`` for a test-only folder. ``what`` names the set in errors
   (default "eval dataset NAME").
   """
+  if name == "synthetic":  # the built-in scenes (linear probe on the demo)
+    src = synthetic.classification(split or ("probe" if train else "zeroshot"))
+    return ClassificationData(name, src, synthetic.CLASS_NAMES,
+                              synthetic.ZEROSHOT_TEMPLATES)
   if name.startswith("folder:"):
     root, what = _folder_split(name, split, train, what or f"eval dataset {name!r}")
     src = folder_source(root, what=what)

@@ -12,13 +12,20 @@ of these kinds:
   * ``partial``: only one of the objects is mentioned, or only its shape or
     only its colour (captions that describe part of the scene);
   * ``corrupt``: one attribute word is wrong (a near-miss description).
-Near-duplicate scenes with differently phrased captions arise naturally from
-the small attribute space and the several templates, giving the many-to-many
-structure of web data. Eval splits are always clean.
+``noise_kinds`` picks which kinds a noisy caption draws from (all three by
+default). ``("partial",)`` alone is the *many-to-many* noise of the paper's
+motivation: every noisy caption is true but names only some of the scene
+("a picture with a circle in it", "a picture with a red thing in it"), and
+so fits hundreds of other scenes equally well, rather than being wrong.
+Near-duplicate scenes with differently phrased captions also arise from the
+small attribute space and the several templates. Eval splits are always
+clean.
 
 Eval splits: ``zeroshot`` — single-object images labelled by (colour, shape),
 ``NUM_CLASSES`` classes, with class names and prompt templates for zero-shot
-classification; ``retrieval`` — held-out scenes with their clean captions.
+classification; ``probe`` — more such images, disjoint from ``zeroshot``, to
+fit a linear probe on (:func:`classification`); ``retrieval`` — held-out
+scenes with their clean captions.
 """
 
 from __future__ import annotations
@@ -46,8 +53,19 @@ CLASS_NAMES = tuple(f"{c} {s}" for c, s in CLASSES)
 ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.",
                       "a drawing of a {}.", "an image with a {} in it.")
 NOISE_KINDS = ("swap", "partial", "corrupt")
-SPLITS = ("train", "zeroshot", "retrieval")
-_SPLIT_SALT = {"train": 0, "zeroshot": 1, "retrieval": 2}
+SPLITS = ("train", "zeroshot", "retrieval", "probe")
+_SPLIT_SALT = {"train": 0, "zeroshot": 1, "retrieval": 2, "probe": 3}
+_SINGLE_OBJECT = ("zeroshot", "probe")
+
+
+def parse_noise_kinds(text: str) -> tuple[str, ...]:
+  """``"swap+partial"`` -> ("swap", "partial"); ValueError unless a non-empty
+  '+'-joined list of distinct :data:`NOISE_KINDS`."""
+  kinds = tuple(k for k in text.split("+") if k)
+  if not kinds or set(kinds) - set(NOISE_KINDS) or len(set(kinds)) != len(kinds):
+    raise ValueError(f"must be '+'-joined distinct kinds of "
+                     f"{'+'.join(NOISE_KINDS)}, got {text!r}")
+  return kinds
 
 _TEMPLATES_ONE = ("a {obj}.", "a photo of a {obj}.", "there is a {obj} {pos}.",
                   "a {obj} {pos}.", "an image showing a {obj}.")
@@ -138,23 +156,30 @@ class SyntheticImageText:
 
   def __init__(self, split: str = "train", num_examples: int = 10_000,
                image_size: int = 32, caption_noise: float = 0.0, seed: int = 0,
-               max_objects: int = 2):
+               max_objects: int = 2, noise_kinds: tuple[str, ...] = NOISE_KINDS):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= caption_noise <= 1.0:
       raise ValueError(f"caption_noise must be in [0, 1], got {caption_noise}")
+    noise_kinds = tuple(noise_kinds)
+    if not noise_kinds or set(noise_kinds) - set(NOISE_KINDS):
+      raise ValueError(f"noise_kinds must be a non-empty subset of "
+                       f"{NOISE_KINDS}, got {noise_kinds}")
+    self.noise_kinds = noise_kinds
     if split != "train":
       caption_noise = 0.0
     self.split, self.num_examples, self.image_size = split, num_examples, image_size
     self.caption_noise, self.seed = caption_noise, seed
-    self.max_objects = 1 if split == "zeroshot" else max_objects
+    self.max_objects = 1 if split in _SINGLE_OBJECT else max_objects
 
   def __len__(self):
     return self.num_examples
 
   def __repr__(self):
+    kinds = ("" if self.noise_kinds == NOISE_KINDS
+             else f", kinds={'+'.join(self.noise_kinds)}")
     return (f"SyntheticImageText(split={self.split!r}, n={self.num_examples}, "
-            f"size={self.image_size}, noise={self.caption_noise})")
+            f"size={self.image_size}, noise={self.caption_noise}{kinds})")
 
   def _rng(self, index, stream):
     return np.random.default_rng((self.seed, _SPLIT_SALT[self.split], index, stream))
@@ -191,7 +216,8 @@ class SyntheticImageText:
     rng = self._rng(index, 3)
     if rng.random() >= self.caption_noise:
       return self.clean_caption(index, rng), ""
-    kind = NOISE_KINDS[rng.integers(len(NOISE_KINDS))]
+    # Same draws as before noise_kinds existed when all kinds are allowed.
+    kind = self.noise_kinds[rng.integers(len(self.noise_kinds))]
     if kind == "swap":
       other = int(rng.integers(self.num_examples - 1))
       other += other >= index
@@ -230,3 +256,32 @@ class SyntheticImageText:
     return {"image": self.image(index), "caption": caption,
             "label": np.int32(CLASSES.index((first.color, first.shape))),
             "noise": noise}
+
+
+# Sizes of the classification view's splits (linear probe: fit on ``probe``,
+# score on the same ``zeroshot`` images the zero-shot evaluator uses).
+CLASSIFICATION_SPLITS = {"probe": 2000, "zeroshot": 1000}
+
+
+class _Labelled:
+  """(uint8 image, class) pairs of a single-object split."""
+
+  def __init__(self, source: SyntheticImageText):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    record = self._source[index]
+    return record["image"], int(record["label"])
+
+
+def classification(split: str, image_size: int = 32, seed: int = 0) -> _Labelled:
+  """The synthetic (colour, shape) classification set, ``probe`` (train) or
+  ``zeroshot`` (test) split, as the eval catalog's (image, label) pairs."""
+  if split not in CLASSIFICATION_SPLITS:
+    raise ValueError(f"synthetic classification split must be one of "
+                     f"{tuple(CLASSIFICATION_SPLITS)}, got {split!r}")
+  return _Labelled(SyntheticImageText(split, CLASSIFICATION_SPLITS[split],
+                                      image_size, seed=seed))

@@ -26,7 +26,7 @@ def _synthetic(config):
   return synthetic.SyntheticImageText(
       "train", num_examples=data.num_train + data.num_heldout,
       image_size=data.image_size, caption_noise=data.caption_noise,
-      seed=config.train.seed)
+      seed=config.train.seed, noise_kinds=synthetic.parse_noise_kinds(data.noise_kinds))
 
 
 def _arrayrecord(config):

@@ -43,7 +43,7 @@ REPORT, HEADLINE = "memorisation.md", "headline.md"
 class Method(NamedTuple):
   """What a run trains with: CLIP, or PSD's teacher and schedule."""
   name: str              # clip | self | ema | bank
-  schedule: str | None   # a configs/memorisation.py schedule, or "custom"
+  schedule: str | None   # a configs/common.py PSD_SCHEDULES name, or "custom"
 
 
 class Setting(NamedTuple):
@@ -51,15 +51,16 @@ class Setting(NamedTuple):
   noise: float
 
 
-def method_of(overrides: dict, steps: int) -> Method:
-  from configs import memorisation as config
+def method_of(overrides: dict, steps: int | None = None) -> Method:
+  """The method of a run's overrides (``steps`` is unused: every schedule's
+  ramp is resolved when the run starts)."""
+  from configs import common
+  del steps
   if overrides.get("loss.name") == "clip":
     return Method("clip", None)
-  knobs = (overrides.get("loss.psd.alpha_final"),
-           overrides.get("loss.psd.subset_fraction"),
-           overrides.get("loss.psd.ramp_steps"))
-  schedule = next((name for name, (a, r, ramp) in config.SCHEDULES.items()
-                   if knobs == (a, r, max(1, round(ramp * steps)))), "custom")
+  schedule = next((name for name in common.PSD_SCHEDULES
+                   if all(overrides.get(f"loss.psd.{k}") == v for k, v in
+                          common.schedule_knobs(name).items())), "custom")
   return Method(overrides.get("loss.psd.teacher", "self"), schedule)
 
 

@@ -11,7 +11,7 @@ small noisy training set seen for many epochs (configs/memorisation.py).
 Two stages on one root (runs shared between them are run once):
   * ``stage=select``: at caption noise 0.4, seed 0, each distilling teacher
     that has a schedule to choose (ema, bank) with each schedule of
-    configs/memorisation.py (paper, early), beside CLIP and the self
+    configs/common.py (paper, early), beside CLIP and the self
     teacher. The report's selection table ranks them by the final held-out
     score (``heldout/mean_top1``: training-distribution pairs never trained
     on), and ``SCHEDULE`` below records the winner: nothing is chosen on the
@@ -35,6 +35,7 @@ from launch.spec import Sweep
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
+from configs import common  # noqa: E402
 from configs import memorisation as memorisation_config  # noqa: E402
 
 CONFIG = "configs/memorisation.py"
@@ -47,6 +48,9 @@ SELECT_NOISE, SELECT_SEED = 0.4, 0
 # selection"). The self teacher at T = 1 only reweights CLIP's rows, whatever
 # the schedule (docs/design.md), so it keeps the design default.
 SCHEDULE = {"self": "paper", "ema": "early", "bank": "early"}
+# The schedules the selection stage compares (at 50 epochs the ``epochs``
+# schedule is ``early``, step for step; the length study compares all three).
+SELECT_SCHEDULES = ("paper", "early")
 SWEEP_ARGS = ("stage", "seeds", "noises")
 
 
@@ -54,10 +58,10 @@ def variant_overrides(variant: str, schedule: str, steps: int) -> dict:
   """Overrides of one method: ``clip`` or a PSD teacher with a schedule."""
   if variant == "clip":
     return {"loss.name": "clip"}
-  alpha, fraction, ramp = memorisation_config.SCHEDULES[schedule]
+  del steps  # every ramp is resolved when the run starts
+  knobs = common.schedule_knobs(schedule, "memorisation sweep")
   return {"loss.name": "psd", "loss.psd.teacher": variant,
-          "loss.psd.alpha_final": alpha, "loss.psd.subset_fraction": fraction,
-          "loss.psd.ramp_steps": max(1, round(ramp * steps))}
+          **{f"loss.psd.{k}": v for k, v in knobs.items()}}
 
 
 def _run(variant, schedule, noise, seed, steps) -> dict:
@@ -80,7 +84,7 @@ def get_sweep(arg: str | None = None) -> Sweep:
             _run("self", SCHEDULE["self"], SELECT_NOISE, SELECT_SEED, steps)]
   select += [_run(teacher, schedule, SELECT_NOISE, SELECT_SEED, steps)
              for teacher in ("ema", "bank")
-             for schedule in memorisation_config.SCHEDULES]
+             for schedule in SELECT_SCHEDULES]
   if stage == "select":
     runs = select
   else:

@@ -41,12 +41,13 @@ def test_sweep_stages_share_runs_and_schedules_reach_the_config(tmp_path):
   cfg = spec.apply_overrides(spec.load_config("configs/memorisation.py"),
                              bank.overrides)
   assert (cfg.loss.psd.alpha_final, cfg.loss.psd.subset_fraction,
-          cfg.loss.psd.ramp_steps) == (0.8, 1.0, 200)
+          cfg.loss.psd.ramp_fraction, cfg.loss.psd.ramp_steps) == (0.8, 1.0, 0.25, -1)
+  assert make_plan(cfg, 8).ramp_steps == 200  # a quarter of 800, at the start
   assert cfg.data.num_train == 2048 and cfg.data.num_heldout == 256
   # The EMA's horizon is one epoch, resolved when the run starts.
   assert cfg.train.steps == 800 and cfg.loss.psd.ema_horizon_epochs == 1.0
   assert make_plan(cfg, 8).ema_decay == 1 - 1 / 16
-  assert set(cfg.eval) == {"synthetic", "memorisation", "heldout"}
+  assert set(cfg.eval) == {"synthetic", "memorisation", "heldout", "probe"}
   assert len(_runs(root, "seeds=1,noises=0.4")) == 4 + 2
   with pytest.raises(ValueError, match="schedule='fast'"):
     spec.load_config("configs/memorisation.py:schedule=fast")

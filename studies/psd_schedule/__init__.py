@@ -1,0 +1,1 @@
+"""The memorisation study (docs/robustness.md): sweep, report, digits data."""

@@ -1,0 +1,201 @@
+"""Tables of the schedule study (studies/psd_schedule/sweep.py).
+
+``write(results, root)`` (the sweep's report hook) writes ``psd_schedule.md``
+under the root: per stage (run length, data size, many-to-many captions) and
+caption noise, each method's final and best clean metrics, the held-out
+score and the linear probe, mean ± std over seeds, and each schedule's gap
+to CLIP paired by seed; for the length stage also the verdict of the
+default rule (docs/design.md, "The default schedule"): a schedule qualifies
+when, at every length, its mean paired gap to CLIP is >= 0 on the held-out
+pairs and on zero-shot, and its held-out score is within ``TOLERANCE`` of the
+best schedule's. Every number comes from the runs' ``metrics.jsonl``; only
+finished runs count. ``python -m studies.psd_schedule.report --root=ROOT``
+splices the report into docs/robustness.md (section ``psd_schedule``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+from studies.memorisation import report as mr
+from studies.noise_robustness import report as rr
+
+REPORT = "psd_schedule.md"
+TOLERANCE = 0.01          # "within 1 point of the best schedule"
+PROBE = "probe/top1"
+NUM_TRAIN, KINDS = "data.num_train", "data.noise_kinds"
+
+
+class Setting(NamedTuple):
+  method: mr.Method
+  noise: float
+  epochs: float
+  num_train: int | None   # None: the config's default
+  kinds: str               # "" = the default mixture
+
+
+def epochs_of(result) -> float | None:
+  """The run's length in epochs, from the steps per epoch it resolved."""
+  try:
+    with open(os.path.join(result.run.workdir, "run_info.json")) as f:
+      per_epoch = json.load(f)["resolved"]["steps_per_epoch"]
+  except (OSError, KeyError, ValueError):
+    return None
+  return round(result.run.steps / per_epoch, 1) if per_epoch else None
+
+
+def settings(results) -> dict[Setting, list]:
+  out: dict[Setting, list] = {}
+  for r in results:
+    o = r.run.overrides
+    epochs = epochs_of(r)
+    if epochs is None:
+      continue
+    key = Setting(mr.method_of(o), float(o.get(mr.NOISE, 0.0)), epochs,
+                  o.get(NUM_TRAIN), o.get(KINDS, ""))
+    out.setdefault(key, [])
+    if r.status == "finished":
+      out[key].append(r)
+  return out
+
+
+def _label(method: mr.Method) -> str:
+  return "CLIP" if method.name == "clip" else f"PSD bank, `{method.schedule}`"
+
+
+def _order(method: mr.Method) -> tuple:
+  from configs import common
+  names = list(common.PSD_SCHEDULES)
+  return (method.name != "clip",
+          names.index(method.schedule) if method.schedule in names else 99)
+
+
+def _columns(results) -> list[tuple[str, str, int]]:
+  """(header, metric key, 0 = final | 1 = best) of every table."""
+  zs = mr.clean_keys(results)
+  cols = [("held-out final", mr.HELDOUT, 0)]
+  for label, key in zs[:1]:
+    cols += [(f"{label} final", key, 0), (f"{label} best", key, 1)]
+  cols += [("probe final", PROBE, 0), ("probe best", PROBE, 1)]
+  for label, key in zs[1:2]:
+    cols += [(f"{label} final", key, 0)]
+  return cols + [("memorised final", mr.MEMORISED, 0)]
+
+
+def _values(runs, key, which) -> list[float]:
+  return list(mr._per_seed(runs, key, which).values())
+
+
+def group_table(g: dict, rows_of, row_label: str, cols) -> list[str]:
+  """Rows of (row value, method) with paired gap rows under each PSD row."""
+  header = [row_label, "method", "seeds", *(f"{c[0]} (%)" for c in cols)]
+  rows = []
+  for value in sorted({rows_of(s) for s in g}, key=lambda v: (v is None, v)):
+    here = {s.method: runs for s, runs in g.items() if rows_of(s) == value}
+    clip = here.get(mr.Method("clip", None), [])
+    for method in sorted(here, key=_order):
+      runs = here[method]
+      rows.append([f"{value:g}" if isinstance(value, (int, float)) else str(value),
+                   _label(method), str(len(runs)),
+                   *(mr._cell(_values(runs, k, w)) for _, k, w in cols)])
+      if method.name != "clip" and clip and runs:
+        rows.append(["", "− CLIP", "paired",
+                     *(mr._cell(mr._paired(runs, clip, k, w), signed=True)
+                       for _, k, w in cols)])
+  return rr._table(header, rows)
+
+
+def verdict(g: dict, zs_key: str | None) -> tuple[list[str], list[str]]:
+  """Per length, each schedule's paired held-out / zero-shot gaps to CLIP and
+  shortfall to the best schedule's held-out score; and the schedules that
+  meet the rule at every length (the default must be one of them)."""
+  lengths = sorted({s.epochs for s in g})
+  schedules = sorted({s.method for s in g if s.method.name != "clip"}, key=_order)
+  header = ["epochs", *(f"`{m.schedule}`: held-out / zero-shot − CLIP, "
+                        "below best" for m in schedules)]
+  rows, passing = [], {m: True for m in schedules}
+  for epochs in lengths:
+    here = {s.method: runs for s, runs in g.items() if s.epochs == epochs}
+    clip = here.get(mr.Method("clip", None), [])
+    means = {m: rr.mean_std(_values(here.get(m, []), mr.HELDOUT, 0))
+             for m in schedules}
+    best = max((v[0] for v in means.values() if v), default=None)
+    cells = [f"{epochs:g}"]
+    for m in schedules:
+      runs = here.get(m, [])
+      gaps = [rr.mean_std(mr._paired(runs, clip, k, 0)) if k else None
+              for k in (mr.HELDOUT, zs_key)]
+      if not runs or not clip or None in gaps or means[m] is None:
+        cells.append("–")
+        passing[m] = False
+        continue
+      short = best - means[m][0]
+      ok = gaps[0][0] >= 0 and gaps[1][0] >= 0 and short <= TOLERANCE
+      passing[m] &= ok
+      cells.append(f"{100 * gaps[0][0]:+.1f} / {100 * gaps[1][0]:+.1f}, "
+                   f"{100 * short:.1f} {'✓' if ok else '✗'}")
+    rows.append(cells)
+  return rr._table(header, rows), [m.schedule for m, ok in passing.items() if ok]
+
+
+def render(results) -> str:
+  finished = sum(r.status == "finished" for r in results)
+  lines = ["<!-- generated by `python -m launch.sweep --report` "
+           "(studies/psd_schedule/report.py); do not edit the numbers by hand -->",
+           f"Data: {rr._dataset(results)}. {finished}/{len(results)} runs "
+           "finished. *final* = last evaluation, *best* = best during "
+           "training; mean ± sample std over seeds; `− CLIP` rows are "
+           "per-seed differences (same data, same noise draw); probe = linear "
+           "probe on frozen image features, clean classes.", ""]
+  g = settings(results)
+  if not any(g.values()):
+    return "\n".join(lines + ["No finished runs yet: results pending.", ""])
+  cols = _columns(results)
+  zs = (mr.clean_keys(results) or [(None, None)])[0][1]
+  default_size = {s for s in g if s.num_train is None and not s.kinds}
+  for noise in sorted({s.noise for s in default_size}):
+    part = {s: r for s, r in g.items() if s in default_size and s.noise == noise
+            and r}
+    if len({s.epochs for s in part}) < 2:
+      continue
+    table, ok = verdict(part, zs)
+    lines += [f"#### Run length, caption noise {noise:g}", "",
+              *group_table(part, lambda s: s.epochs, "epochs", cols), "",
+              f"Rule at noise {noise:g} (held-out and zero-shot ≥ CLIP, held-out "
+              f"within {100 * TOLERANCE:g} point of the best schedule):", "",
+              *table, "", "Schedules meeting it at every length: "
+              + (", ".join(f"`{s}`" for s in ok) or "none") + ".", ""]
+  sized = {s: r for s, r in g.items() if s.num_train is not None and r}
+  if sized:
+    lines += ["#### Data scale (caption noise "
+              + ", ".join(sorted({f"{s.noise:g}" for s in sized})) + ", "
+              + ", ".join(sorted({f"{s.epochs:g}" for s in sized})) + " epochs)",
+              "", *group_table(sized, lambda s: s.num_train, "training pairs",
+                               cols), ""]
+  m2m = {s: r for s, r in g.items() if s.kinds and r}
+  if m2m:
+    lines += [f"#### Many-to-many captions (noise kinds `{next(iter(m2m)).kinds}`)",
+              "", *group_table(m2m, lambda s: s.noise, "noise", cols), ""]
+  return "\n".join(lines)
+
+
+def write(results, root: str) -> list[str]:
+  return [rr._write(root, REPORT, render(results).encode())]
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  f = flags.FLAGS
+  print(f"updated {rr.publish(f.root, f.doc, f.section, report=REPORT, figures=())}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("root", None, "Sweep root holding psd_schedule.md.")
+  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
+  flags.DEFINE_string("section", "psd_schedule", "Marker name in the doc.")
+  flags.mark_flag_as_required("root")
+  app.run(main)
