@@ -270,6 +270,16 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
   m = memorisation.get_config("clip,noise=0.4,steps=100,schedule=early")
   assert (m.loss.name, m.data.caption_noise, m.loss.psd.ramp_fraction) == ("clip", 0.4, 0.25)
   assert make_plan(m, DEVICES).ramp_steps == 25  # resolved from train.steps=100
+  # Run lengths in epochs of the synthetic set (16 steps per epoch at 2,048).
+  assert memorisation.get_config("epochs=4").train.steps == 64
+  assert memorisation.get_config("num_train=512,epochs=30").train.steps == 120
+  with pytest.raises(ValueError, match="epochs= sets the steps of the synthetic"):
+    memorisation.get_config("dataset=folder:/x,epochs=4")
+  m = memorisation.get_config("kinds=partial,noise=0.4")
+  assert m.data.noise_kinds == "partial" and m.eval.probe.dataset == "synthetic"
+  assert m.eval.probe.every == 200
+  assert "probe" not in memorisation.get_config("probe=0").eval
+  assert memorisation.get_config("dataset=folder:/x").eval.probe.dataset == "folder:/x"
   with pytest.raises(ValueError, match="configs/memorisation.py: unknown arg 'teachr'"):
     memorisation.get_config("teachr=bank")
   args = {"clip": True, "noise": 0.4, "flip": False, "dataset": "folder:/x"}

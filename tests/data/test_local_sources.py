@@ -274,3 +274,7 @@ def test_memorisation_run_over_bad_files_trains_to_the_end(tmp_path):
   held_bad = len(bad["train"]) - len(trained_bad)
   assert last.get("heldout/num_skipped", 0) == held_bad
   assert last["heldout/num_examples"] == 16 - held_bad
+  # The linear probe reads the folder's clean train / test splits, skipping
+  # the same bad files.
+  assert 0 <= last["probe/top1"] <= 1 and last["probe/num_test"] == 2 * 4
+  assert last["probe/num_test_skipped"] == 2

@@ -53,6 +53,49 @@ def test_epoch_keys_follow_the_data_size():
   assert make_plan(c, 8).eval_every == 40
 
 
+def test_an_epoch_ramp_follows_the_data_size_and_may_outlast_the_run():
+  """loss.psd.ramp_epochs: the ramp is that many epochs of this run's data,
+  whatever train.steps is (a shorter run ends below alpha_final); a fixed
+  ramp_steps still wins."""
+  c = _tiny(**{"data.num_train": 640, "train.batch_size": 64,
+               "train.steps": 30, "loss.psd.teacher": "self",
+               "loss.psd.ramp_epochs": 12.5})
+  plan = make_plan(c, 8)
+  assert plan.steps_per_epoch == 10 and plan.ramp_steps == 125
+  c.data.num_train = 1280  # twice the data: twice the steps per epoch
+  assert make_plan(c, 8).ramp_steps == 250
+  c.train.steps = 5000  # the length does not move an epoch ramp
+  assert make_plan(c, 8).ramp_steps == 250
+  c.loss.psd.ramp_steps = 40
+  assert make_plan(c, 8).ramp_steps == 40
+  # Without data opened for anything else, the epoch ramp still opens it.
+  c.loss.psd.ramp_steps = -1
+  assert make_plan(c, 8, open_data=False).steps_per_epoch == 20
+
+
+def test_the_epochs_schedule_tracks_early_at_fifty_epochs_and_not_at_four():
+  """configs/common.py 'epochs' equals 'early' step for step at the
+  memorisation study's 50 epochs, and at 4 epochs ends at 0.8 x 4 / 12.5."""
+  from configs import common
+  from cvlg_jax.losses.schedule import alpha_schedule
+
+  def alpha_at_end(schedule, epochs):
+    c = _tiny(**{"data.num_train": 2048, "train.batch_size": 128,
+                 "train.steps": epochs * 16})
+    common.set_psd(c, "bank", schedule)
+    plan = make_plan(c, 8)
+    return plan.ramp_steps, float(alpha_schedule(
+        c.train.steps, alpha_final=c.loss.psd.alpha_final,
+        ramp_steps=plan.ramp_steps))
+
+  full = pytest.approx(0.8)
+  assert alpha_at_end("epochs", 50) == alpha_at_end("early", 50) == (200, full)
+  assert alpha_at_end("early", 4) == (16, full)
+  assert alpha_at_end("epochs", 4) == (200, pytest.approx(0.8 * 64 / 200))
+  with pytest.raises(ValueError, match="schedule='fast'; allowed: paper, early, epochs"):
+    common.schedule_knobs("fast")
+
+
 def test_examples_epochs_and_ramp_are_resolved_once():
   c = _tiny(**{"data.num_train": 1000, "data.num_heldout": 40,
                "train.batch_size": 64, "train.steps": 300,

@@ -1,0 +1,128 @@
+"""The schedule study: its stages reach the config as intended, and the
+report's tables and default-rule verdict on hand-written runs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cvlg_jax import config as config_lib
+from cvlg_jax.step.plan import make_plan
+from launch import report, spec
+from studies.memorisation import report as mr
+from studies.psd_schedule import report as pr
+
+SWEEP = os.path.join(spec.REPO, "studies/psd_schedule/sweep.py")
+
+
+def _runs(root, arg=""):
+  return spec.expand(spec.load_sweep(SWEEP + (f":{arg}" if arg else "")), root,
+                     config_lib.validate)
+
+
+def _config(run):
+  return spec.apply_overrides(spec.load_config("configs/memorisation.py"),
+                              run.overrides)
+
+
+def test_stages_cover_lengths_sizes_and_many_to_many(tmp_path):
+  root = str(tmp_path)
+  length = _runs(root)
+  # 3 seeds x noise {0, 0.4} x 4 lengths x (CLIP + 3 schedules).
+  assert len(length) == 3 * 2 * 4 * 4
+  assert {r.steps for r in length} == {64, 160, 400, 800}  # 16 steps / epoch
+  methods = {mr.method_of(r.overrides) for r in length}
+  assert methods == {mr.Method("clip", None), mr.Method("bank", "paper"),
+                     mr.Method("bank", "early"), mr.Method("bank", "epochs")}
+  four = next(r for r in length if r.steps == 64
+              and mr.method_of(r.overrides).schedule == "epochs")
+  plan = make_plan(_config(four), 8)
+  # The epoch ramp outlasts a 4-epoch run; warm-up is 7.5 % of every run.
+  assert (plan.ramp_steps, plan.warmup_steps) == (200, 5)
+  scale = _runs(root, "stage=scale")
+  assert len(scale) == 3 * 3 * 4
+  big = next(r for r in scale if r.overrides["data.num_train"] == 8192)
+  assert big.steps == 30 * 8192 // 128
+  assert make_plan(_config(big), 8).steps_per_epoch == 64
+  m2m = _runs(root, "stage=m2m,seeds=1")
+  assert len(m2m) == 2 * 4 and {r.steps for r in m2m} == {800}
+  assert {_config(r).data.noise_kinds for r in m2m} == {"partial"}
+  digits = spec.expand(spec.load_sweep(  # not validated: no folder here
+      SWEEP + ":dataset=folder:/tmp/d,flip=0,per_epoch=7,noises=0.4,seeds=1,"
+      "lengths=4+50"), root)
+  assert sorted({r.steps for r in digits}) == [28, 350]
+  with pytest.raises(ValueError, match="needs per_epoch"):
+    spec.load_sweep(SWEEP + ":dataset=folder:/tmp/d")
+  with pytest.raises(ValueError, match="stage='all'"):
+    spec.load_sweep(SWEEP + ":stage=all")
+
+
+def _write(run, heldout, zeroshot, probe=0.5):
+  """A finished run: evaluations every 50 steps and at the end, each at the
+  given final values (best = final + 0.01, at the first evaluation)."""
+  os.makedirs(run.workdir)
+  steps = sorted({*range(50, run.steps, 50), run.steps})
+  with open(os.path.join(run.workdir, "metrics.jsonl"), "w") as f:
+    for i, step in enumerate(steps):
+      bump = 0.01 if i == 0 and len(steps) > 1 else 0.0
+      f.write(json.dumps({"step": step, "loss": 1.0,
+                          "synthetic/zeroshot_top1": zeroshot + bump,
+                          "synthetic/i2t_R@1": zeroshot / 2,
+                          "heldout/mean_top1": heldout,
+                          "probe/top1": probe + bump,
+                          "memorisation/memorised": 0.5}) + "\n")
+  with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    json.dump({"data": {"source": "synthetic"}}, f)
+  with open(os.path.join(run.workdir, "run_info.json"), "w") as f:
+    per_epoch = run.overrides.get("data.num_train", 2048) // 128
+    json.dump({"resolved": {"steps_per_epoch": per_epoch}}, f)
+
+
+def test_report_tables_and_the_verdict_of_the_default_rule(tmp_path):
+  """CLIP scores 0.20 held-out / 0.30 zero-shot at every length (+0.01 x
+  seed). ``early`` is +0.05 on both but -0.04 at 4 epochs (it fails the
+  rule there); ``epochs`` is +0.045 everywhere (within a point of the best
+  at every length: it passes); ``paper`` +0.01 (more than a point short)."""
+  root = str(tmp_path)
+  runs = _runs(root, "noises=0.4,lengths=4+50")
+  gain = {None: 0.0, "paper": 0.01, "epochs": 0.045}
+  for run in runs:
+    m = mr.method_of(run.overrides)
+    seed = run.overrides["train.seed"]
+    g = gain.get(m.schedule, 0.05 if run.steps > 64 else -0.04)
+    _write(run, 0.20 + 0.01 * seed + g, 0.30 + 0.01 * seed + g)
+  md = pr.render(report.collect(runs))
+  assert "24/24 runs finished" in md
+  assert "#### Run length, caption noise 0.4" in md
+  # CLIP at 4 epochs: 2 evaluations (step 50 and 64), best = final + 1 pt.
+  assert ("| 4 | CLIP | 3 | 21.0 ± 1.0 | 31.0 ± 1.0 | 32.0 ± 1.0 | 50.0 ± 0.0 "
+          "| 51.0 ± 0.0 |") in md
+  assert "|  | − CLIP | paired | -4.0 ± 0.0 | -4.0 ± 0.0 |" in md
+  assert "| 50 | PSD bank, `epochs` | 3 | 25.5 ± 1.0 |" in md
+  # Verdict rows: held-out / zero-shot gaps, shortfall to the best schedule.
+  assert ("| 4 | +1.0 / +1.0, 3.5 ✗ | -4.0 / -4.0, 8.5 ✗ | "
+          "+4.5 / +4.5, 0.0 ✓ |") in md
+  assert ("| 50 | +1.0 / +1.0, 4.0 ✗ | +5.0 / +5.0, 0.0 ✓ | "
+          "+4.5 / +4.5, 0.5 ✓ |") in md
+  assert "Schedules meeting it at every length: `epochs`." in md
+
+
+def test_report_of_scale_and_many_to_many_runs(tmp_path):
+  root = str(tmp_path)
+  runs = (_runs(root, "stage=scale,seeds=1,sizes=512+2048")
+          + _runs(root, "stage=m2m,seeds=1,noises=0.4"))
+  for run in runs:
+    m = mr.method_of(run.overrides)
+    _write(run, 0.2, 0.3 + (0.02 if m.name == "bank" else 0))
+  md = pr.render(report.collect(runs))
+  assert "#### Data scale (caption noise 0.4, 30 epochs)" in md
+  assert "| 512 | CLIP | 1 |" in md and "| 2048 | PSD bank, `early` | 1 |" in md
+  assert "#### Many-to-many captions (noise kinds `partial`)" in md
+  assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 3 * 2 + 3
+
+
+def test_report_without_finished_runs_says_pending(tmp_path):
+  md = pr.render(report.collect(_runs(str(tmp_path), "seeds=1")))
+  assert "results pending" in md
