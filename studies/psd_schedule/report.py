@@ -23,6 +23,7 @@ from studies.memorisation import report as mr
 from studies.noise_robustness import report as rr
 
 REPORT = "psd_schedule.md"
+FIGURE = "psd_schedule_length.png"
 TOLERANCE = 0.01          # "within 1 point of the best schedule"
 PROBE = "probe/top1"
 NUM_TRAIN, KINDS = "data.num_train", "data.noise_kinds"
@@ -154,12 +155,8 @@ def render(results) -> str:
     return "\n".join(lines + ["No finished runs yet: results pending.", ""])
   cols = _columns(results)
   zs = (mr.clean_keys(results) or [(None, None)])[0][1]
-  default_size = {s for s in g if s.num_train is None and not s.kinds}
-  for noise in sorted({s.noise for s in default_size}):
-    part = {s: r for s, r in g.items() if s in default_size and s.noise == noise
-            and r}
-    if len({s.epochs for s in part}) < 2:
-      continue
+  parts = _length_parts(g)
+  for noise, part in parts.items():
     table, ok = verdict(part, zs)
     lines += [f"#### Run length, caption noise {noise:g}", "",
               *group_table(part, lambda s: s.epochs, "epochs", cols), "",
@@ -167,6 +164,8 @@ def render(results) -> str:
               f"within {100 * TOLERANCE:g} point of the best schedule):", "",
               *table, "", "Schedules meeting it at every length: "
               + (", ".join(f"`{s}`" for s in ok) or "none") + ".", ""]
+  if parts:
+    lines += [f"![paired gap to CLIP against run length]({FIGURE})", ""]
   sized = {s: r for s, r in g.items() if s.num_train is not None and r}
   if sized:
     lines += ["#### Data scale (caption noise "
@@ -181,15 +180,70 @@ def render(results) -> str:
   return "\n".join(lines)
 
 
+def _length_parts(g: dict) -> dict[float, dict]:
+  """Caption noise -> the length stage's settings at that noise (default
+  data size and noise kinds, at least two lengths)."""
+  parts = {}
+  for s, runs in g.items():
+    if s.num_train is None and not s.kinds and runs:
+      parts.setdefault(s.noise, {})[s] = runs
+  return {n: p for n, p in sorted(parts.items())
+          if len({s.epochs for s in p}) >= 2}
+
+
+def length_figure(results):
+  """Paired gap to CLIP (held-out, zero-shot; final) against run length,
+  one line per schedule, one column per caption noise."""
+  from matplotlib.figure import Figure
+  g = settings(results)
+  parts = _length_parts(g)
+  zs = (mr.clean_keys(results) or [(None, None)])[0]
+  panels = [("held-out top-1", mr.HELDOUT), (zs[0], zs[1])]
+  fig = Figure(figsize=(4.2 * max(1, len(parts)), 5.6))
+  axes = fig.subplots(2, max(1, len(parts)), squeeze=False, sharex=True)
+  for col, (noise, part) in enumerate(parts.items()):
+    for row, (label, key) in enumerate(panels):
+      ax = axes[row][col]
+      for m in sorted({s.method for s in part if s.method.name != "clip"},
+                      key=_order):
+        xs, ys, es = [], [], []
+        for epochs in sorted({s.epochs for s in part}):
+          here = {s.method: r for s, r in part.items() if s.epochs == epochs}
+          gap = rr.mean_std(mr._paired(here.get(m, []),
+                                       here.get(mr.Method("clip", None), []),
+                                       key, 0)) if key else None
+          if gap:
+            xs.append(epochs)
+            ys.append(100 * gap[0])
+            es.append(100 * gap[1])
+        if xs:
+          ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
+                      label=f"`{m.schedule}`")
+      ax.axhline(0, color="k", lw=0.8)
+      ax.set_xscale("log")
+      ax.set_title(f"{label} − CLIP, noise {noise:g}", fontsize="medium")
+      ax.grid(alpha=0.3)
+      if col == 0:
+        ax.set_ylabel("paired gap (points)")
+      if row == 1:
+        ax.set_xlabel("epochs")
+  axes[0][0].legend(fontsize="small")
+  fig.tight_layout()
+  return fig
+
+
 def write(results, root: str) -> list[str]:
-  return [rr._write(root, REPORT, render(results).encode())]
+  paths = [rr._write(root, REPORT, render(results).encode())]
+  if _length_parts(settings(results)):
+    paths.append(rr._write(root, FIGURE, rr._png(length_figure(results))))
+  return paths
 
 
 def main(argv):
   from absl import flags
   del argv
   f = flags.FLAGS
-  print(f"updated {rr.publish(f.root, f.doc, f.section, report=REPORT, figures=())}")
+  print(f"updated {rr.publish(f.root, f.doc, f.section, report=REPORT, figures=(FIGURE,))}")
 
 
 if __name__ == "__main__":

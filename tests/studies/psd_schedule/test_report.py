@@ -107,6 +107,9 @@ def test_report_tables_and_the_verdict_of_the_default_rule(tmp_path):
   assert ("| 50 | +1.0 / +1.0, 4.0 ✗ | +5.0 / +5.0, 0.0 ✓ | "
           "+4.5 / +4.5, 0.5 ✓ |") in md
   assert "Schedules meeting it at every length: `epochs`." in md
+  paths = pr.write(report.collect(runs), root)
+  assert [os.path.basename(p) for p in paths] == [pr.REPORT, pr.FIGURE]
+  assert open(paths[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_of_scale_and_many_to_many_runs(tmp_path):
