@@ -1,1 +1,1 @@
-"""The memorisation study (docs/robustness.md): sweep, report, digits data."""
+"""The PSD schedule study (docs/robustness.md): run length, data size, many-to-many captions."""
