@@ -34,7 +34,8 @@ LABELS = {"clip": "CLIP", "self": "PSD, self teacher", "ema": "PSD, EMA teacher"
 # (label, candidate keys: synthetic data, then a real classification set).
 CLEAN = (("zero-shot top-1", ("synthetic/zeroshot_top1", "zeroshot/top1")),
          ("i2t R@1", ("synthetic/i2t_R@1",)),
-         ("t2i R@1", ("synthetic/t2i_R@1",)))
+         ("t2i R@1", ("synthetic/t2i_R@1",)),
+         ("linear probe", ("probe/top1",)))
 MEMORISED, HELDOUT = "memorisation/memorised", "heldout/mean_top1"
 FIGURE = "memorisation_curves.png"
 REPORT, HEADLINE = "memorisation.md", "headline.md"
@@ -217,7 +218,8 @@ def render(results) -> str:
            "(studies/memorisation/report.py); do not edit the numbers by hand -->",
            f"Data: {rr._dataset(results)}. {finished}/{len(results)} runs "
            "finished. *final* = last evaluation, *best* = best evaluation "
-           "during training (every 50 steps); mean ± sample std over seeds; "
+           "during training (every 50 steps; the linear probe, where run, every "
+           "200); mean ± sample std over seeds; "
            "gap rows are per-seed differences to CLIP (same data, same noise "
            "draw).", ""]
   if not clean_keys(results):
