@@ -42,7 +42,7 @@ first quarter of training, so that the soft targets are at full weight
 before the noisy pairs are memorised (CLIP has fitted ~25 % of them after 10
 epochs here); ``epochs`` is the same ramped over 12.5 epochs whatever the
 run's length. The study picks per teacher on the held-out pairs, the length
-study (studies/psd_length) across run lengths. The EMA teacher
+study (studies/psd_schedule) across run lengths. The EMA teacher
 averages over about one epoch (decay 1 - 1 / steps per epoch), the horizon the
 bank teacher's entries have, so the two teachers are equally stale.
 """

@@ -49,8 +49,9 @@ MEANINGS = {
     "data.num_heldout": "Examples of the training source never trained on, "
                         "scored by the heldout evaluator (synthetic: drawn "
                         "in addition to num_train).",
-    "data.caption_noise": "Fraction of captions swapped for another example's "
-                          "(synthetic, tfds_class_captions).",
+    "data.caption_noise": "Fraction of training captions made noisy "
+                          "(synthetic: of data.noise_kinds; "
+                          "tfds_class_captions: another class's caption).",
     "data.noise_kinds": "Synthetic: '+'-joined kinds a noisy caption draws "
                         "from (swap, partial, corrupt); partial alone: "
                         "many-to-many captions.",

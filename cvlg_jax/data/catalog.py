@@ -25,8 +25,8 @@ from cvlg_jax.data.classnames import imagenet
 from cvlg_jax.data.classnames import imagenet_subsets
 from cvlg_jax.data.classnames import objects
 from cvlg_jax.data.classnames import readable
-from cvlg_jax.data import synthetic
 from cvlg_jax.data.classnames import scenes
+from cvlg_jax.data import synthetic
 from cvlg_jax.data.local_sources import (
     DatasetUnavailable, as_rgb, check_folder, fgvc_aircraft_source,
     folder_layout, folder_source, karpathy_caption_source, objectnet_source)
