@@ -91,7 +91,7 @@ def differing_keys(config, workdir: str, limit: int = 6) -> str:
 FROZEN_ON_RESUME = (
     "model.", "data.source", "data.data_dir", "data.tfds_name", "data.tfds_split",
     "data.image_key", "data.caption_key", "data.num_train", "data.num_heldout",
-    "data.caption_noise", "data.tokenizer", "data.tokenizer_path",
+    "data.caption_noise", "data.noise_kinds", "data.tokenizer", "data.tokenizer_path",
     "data.vocab_size", "data.context_length", "data.image_size", "loss.name",
     "loss.psd.teacher", "loss.psd.bank_dtype", "train.batch_size", "train.seed",
     "train.freeze")
@@ -110,7 +110,10 @@ def _resume_differences(config, workdir: str) -> tuple[dict, dict]:
   if recorded is None:
     return {}, {}
   ours = _flat(json.loads(config.to_json_best_effort()))
-  theirs = _flat(recorded)
+  # Keys added to the schema since the run have their defaults there (as
+  # load_run_config reads it), so a new key is no difference by itself.
+  theirs = {**_flat(json.loads(base_config().to_json_best_effort())),
+            **_flat(recorded)}
   refused, allowed = {}, {}
   for k in sorted(ours.keys() | theirs.keys()):
     if ours.get(k) != theirs.get(k):

@@ -69,3 +69,20 @@ def test_resume_lists_what_may_change(tmp_path):
   assert check_resume(c, str(tmp_path)) == {
       "optim.learning_rate": [5e-4, 1e-3], "train.steps": [1000, 30]}
   assert resume_changes(c, str(tmp_path / "fresh")) == ([], {})
+
+
+def test_a_run_from_before_a_key_existed_resumes_with_its_default(tmp_path):
+  """config.json of a run made before data.noise_kinds and
+  loss.psd.ramp_epochs existed: resuming with the defaults changes nothing;
+  another noise kind changes the data and is refused."""
+  from cvlg_jax.run.saved_config import ConfigMismatchError, check_resume
+  recorded = config_lib.base_config().to_dict()
+  del recorded["data"]["noise_kinds"], recorded["loss"]["psd"]["ramp_epochs"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  c = config_lib.base_config()
+  assert check_resume(c, str(tmp_path)) == {}
+  c.loss.psd.ramp_epochs = 2.0
+  assert check_resume(c, str(tmp_path)) == {"loss.psd.ramp_epochs": [0.0, 2.0]}
+  c.data.noise_kinds = "partial"
+  with pytest.raises(ConfigMismatchError, match="data.noise_kinds"):
+    check_resume(c, str(tmp_path))
