@@ -15,7 +15,7 @@ from the data set's nominal size: sets the steps per epoch), ``dtype``,
 ``image_size``, ``workers``, ``eval_data_dir`` (TFDS data_dir for the eval sets),
 ``evals=paper`` (the full benchmark suite of configs/eval_suite.py instead
 of the cheap during-training set),
-``teacher`` (bank | ema | self) and ``schedule`` (early | paper | epochs) of PSD,
+``teacher`` (bank | ema | self) and ``schedule`` (early | paper | epochs | guarded) of PSD,
 ``smoke`` (a seconds-long run for tests).
 
 The schedule below is this project's default, not a number from the paper:
@@ -76,14 +76,17 @@ def format_arg(args: dict) -> str:
                   for k, v in args.items())
 
 
-# name -> the loss.psd knobs of one PSD schedule (docs/design.md, "The
-# default schedule"). ``paper``: the design's first default (alpha_T 0.5 on
-# half the batch, ramped over the whole run); ``early``: PS-KD's alpha_T 0.8
-# on every row, at full weight after a quarter of the run; ``epochs``: the
-# same alpha_T and rows, ramped over a fixed 12.5 epochs (= ``early`` at the
-# memorisation study's 50 epochs), so a short run ends far below full weight
-# and a long one reaches it early. Each ramp is resolved when the run starts
-# (from train.steps, or the steps per epoch), so overriding either rescales it.
+# name -> the loss.psd knobs of one PSD schedule (docs/design.md 8.1).
+# ``paper``: the design's first default (alpha_T 0.5 on half the batch,
+# ramped over the whole run); ``early``: PS-KD's alpha_T 0.8 on every row, at
+# full weight after a quarter of the run; ``epochs``: the same alpha_T and
+# rows ramped over a fixed 12.5 epochs (= ``early`` at 50 epochs), so a short
+# run ends far below full weight; ``guarded``: ``early``, but the ramp lasts
+# at least 2.5 epochs (= ``early`` from 10 epochs on), so a short run never
+# puts full weight on a bank written by the first epochs' model. Each ramp is
+# resolved when the run starts (from train.steps and the steps per epoch), so
+# overriding either rescales it. A knob a schedule leaves out keeps the
+# default of PSD_SCHEDULE_DEFAULTS.
 PSD_SCHEDULES = {
     "paper": dict(alpha_final=0.5, subset_fraction=0.5, ramp_fraction=1.0,
                   ramp_epochs=0.0),
@@ -91,7 +94,10 @@ PSD_SCHEDULES = {
                   ramp_epochs=0.0),
     "epochs": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=1.0,
                    ramp_epochs=12.5),
+    "guarded": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=0.25,
+                    ramp_epochs=0.0, ramp_min_epochs=2.5),
 }
+PSD_SCHEDULE_DEFAULTS = dict(ramp_min_epochs=0.0)
 # (teacher, schedule) of every shipped PSD config: the memorisation study's
 # choice (docs/robustness.md, chosen on held-out training pairs).
 DEFAULT_PSD = ("bank", "early")
@@ -113,10 +119,17 @@ def schedule_knobs(schedule: str, where: str = "config") -> dict:
   return {**PSD_SCHEDULES[schedule], "ramp_steps": -1}
 
 
+def schedule_matches(schedule: str, psd_overrides: dict) -> bool:
+  """Whether ``{knob: value}`` (a run's loss.psd overrides) is ``schedule``."""
+  knobs = {**PSD_SCHEDULE_DEFAULTS, **schedule_knobs(schedule)}
+  return all(psd_overrides.get(k, PSD_SCHEDULE_DEFAULTS.get(k)) == v
+             for k, v in knobs.items())
+
+
 def set_psd(c, teacher: str = DEFAULT_PSD[0], schedule: str = DEFAULT_PSD[1],
             where: str = "config") -> None:
   """PSD's teacher and schedule (:data:`PSD_SCHEDULES`)."""
-  knobs = schedule_knobs(schedule, where)
+  knobs = {**PSD_SCHEDULE_DEFAULTS, **schedule_knobs(schedule, where)}
   c.loss.psd.teacher = teacher
   for key, value in knobs.items():
     c.loss.psd[key] = value

@@ -80,6 +80,8 @@ MEANINGS = {
     "loss.psd.ramp_epochs": "> 0: ramp over this many epochs instead "
                             "(resolved from the steps per epoch; a shorter "
                             "run ends below alpha_final).",
+    "loss.psd.ramp_min_epochs": "> 0: the ramp of ramp_fraction or "
+                                "ramp_epochs lasts at least this many epochs.",
     "loss.psd.ramp_steps": "> 0: ramp over this many steps instead (before "
                            "ramp_epochs); -1: use ramp_epochs or ramp_fraction.",
     "loss.psd.ramp_unit": "step (alpha moves every step) or epoch (once per epoch).",

@@ -73,7 +73,8 @@ def make_plan(config, num_devices: int, *, open_data: bool = True,
   data = None
   psd = config.loss.psd
   needs_size = (teacher == "bank" or psd.ramp_unit == "epoch"
-                or (spec.distills and psd.ramp_epochs > 0 and psd.ramp_steps <= 0)
+                or (spec.distills and psd.ramp_steps <= 0
+                    and (psd.ramp_epochs > 0 or psd.ramp_min_epochs > 0))
                 or (teacher == "ema" and psd.ema_horizon_epochs > 0)
                 or config.train.eval_every_epochs > 0)
   if num_examples is None and (open_data or needs_size):
@@ -99,16 +100,20 @@ def _fraction_of_steps(fraction: float, steps: int) -> int:
   return max(1, round(fraction * steps))
 
 
-def _ramp_steps(psd, steps: int, per_epoch: int) -> int:
-  """PSD's ramp in steps: a fixed count, else epochs, else a fraction of the
-  run. An epoch ramp may outlast the run: alpha then ends below alpha_final,
-  which is the point (a short run never puts full weight on a bank written
-  by a weak model; docs/design.md, "The default schedule")."""
+def ramp_steps(psd, steps: int, per_epoch: int) -> int:
+  """PSD's ramp in steps for ``config.loss.psd`` on a run of ``steps`` steps
+  of ``per_epoch`` each: a fixed count, else epochs, else a fraction of the
+  run, and at least ``ramp_min_epochs`` epochs. An epoch ramp may outlast
+  the run: alpha then ends below alpha_final, which is the point (a short
+  run never puts full weight on a bank written by a weak model;
+  docs/design.md, "The default schedule")."""
   if psd.ramp_steps > 0:
     return psd.ramp_steps
   if psd.ramp_epochs > 0:
-    return max(1, round(psd.ramp_epochs * per_epoch))
-  return _fraction_of_steps(psd.ramp_fraction, steps)
+    ramp = max(1, round(psd.ramp_epochs * per_epoch))
+  else:
+    ramp = _fraction_of_steps(psd.ramp_fraction, steps)
+  return max(ramp, round(psd.ramp_min_epochs * per_epoch))
 
 
 def resolve_steps(config, steps_per_epoch: int | None) -> dict:
@@ -122,7 +127,7 @@ def resolve_steps(config, steps_per_epoch: int | None) -> dict:
   if psd.ema_horizon_epochs > 0:
     ema = 1.0 - 1.0 / max(1.0, psd.ema_horizon_epochs * per_epoch)
   return dict(
-      ramp_steps=_ramp_steps(psd, steps, per_epoch),
+      ramp_steps=ramp_steps(psd, steps, per_epoch),
       ema_decay=ema,
       warmup_steps=(round(optim.warmup_fraction * steps)
                     if optim.warmup_fraction > 0 else optim.warmup_steps),

@@ -59,9 +59,10 @@ def method_of(overrides: dict, steps: int | None = None) -> Method:
   del steps
   if overrides.get("loss.name") == "clip":
     return Method("clip", None)
+  psd = {k[len("loss.psd."):]: v for k, v in overrides.items()
+         if k.startswith("loss.psd.")}
   schedule = next((name for name in common.PSD_SCHEDULES
-                   if all(overrides.get(f"loss.psd.{k}") == v for k, v in
-                          common.schedule_knobs(name).items())), "custom")
+                   if common.schedule_matches(name, psd)), "custom")
   return Method(overrides.get("loss.psd.teacher", "self"), schedule)
 
 

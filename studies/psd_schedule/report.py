@@ -37,29 +37,69 @@ class Setting(NamedTuple):
   kinds: str               # "" = the default mixture
 
 
-def epochs_of(result) -> float | None:
-  """The run's length in epochs, from the steps per epoch it resolved."""
+def _per_epoch(result) -> int | None:
   try:
     with open(os.path.join(result.run.workdir, "run_info.json")) as f:
-      per_epoch = json.load(f)["resolved"]["steps_per_epoch"]
+      return json.load(f)["resolved"]["steps_per_epoch"] or None
   except (OSError, KeyError, ValueError):
     return None
-  return round(result.run.steps / per_epoch, 1) if per_epoch else None
+
+
+def methods_of(result, per_epoch: int) -> list[mr.Method]:
+  """The run's own method, then every other schedule that trains the same
+  run at its length (the sweep trains such a run once)."""
+  from studies.psd_schedule import sweep
+  o = result.run.overrides
+  own = mr.method_of(o)
+  out = [own]
+  if own.name == "bank":
+    what = sweep.effective(o, result.run.steps, per_epoch)
+    for name, method in zip(common_schedules(), sweep.methods()[1:]):
+      if name != own.schedule and sweep.effective(
+          method, result.run.steps, per_epoch) == what:
+        out.append(mr.Method("bank", name))
+  return out
+
+
+def common_schedules() -> list[str]:
+  from configs import common
+  return list(common.PSD_SCHEDULES)
 
 
 def settings(results) -> dict[Setting, list]:
-  out: dict[Setting, list] = {}
+  """Setting -> its finished runs, one per seed (a schedule's own run before
+  a shared one)."""
+  by_seed: dict[Setting, dict] = {}
   for r in results:
     o = r.run.overrides
-    epochs = epochs_of(r)
-    if epochs is None:
+    per_epoch = _per_epoch(r)
+    if per_epoch is None:
       continue
-    key = Setting(mr.method_of(o), float(o.get(mr.NOISE, 0.0)), epochs,
-                  o.get(NUM_TRAIN), o.get(KINDS, ""))
-    out.setdefault(key, [])
-    if r.status == "finished":
-      out[key].append(r)
-  return out
+    for i, method in enumerate(methods_of(r, per_epoch)):
+      key = Setting(method, float(o.get(mr.NOISE, 0.0)),
+                    round(r.run.steps / per_epoch, 1), o.get(NUM_TRAIN),
+                    o.get(KINDS, ""))
+      seeds = by_seed.setdefault(key, {})
+      seed = o.get(mr.SEED)
+      if r.status == "finished" and (seed not in seeds or i == 0):
+        seeds[seed] = r
+  return {k: list(v.values()) for k, v in by_seed.items()}
+
+
+def shared_note(g: dict) -> str:
+  """Which schedules share another's runs, and at which lengths."""
+  shared: dict[tuple[str, str], set] = {}
+  for s, runs in g.items():
+    for r in runs:
+      own = mr.method_of(r.run.overrides)
+      if own != s.method:
+        shared.setdefault((s.method.schedule, own.schedule), set()).add(s.epochs)
+  if not shared:
+    return ""
+  return ("Shared runs (the plan resolves the same ramp, so it is the same "
+          "run): " + "; ".join(
+              f"`{a}` is `{b}` at {', '.join(f'{e:g}' for e in sorted(ep))} "
+              "epochs" for (a, b), ep in sorted(shared.items())) + ".")
 
 
 def _label(method: mr.Method) -> str:
@@ -156,6 +196,9 @@ def render(results) -> str:
   cols = _columns(results)
   zs = (mr.clean_keys(results) or [(None, None)])[0][1]
   parts = _length_parts(g)
+  note = shared_note(g)
+  if note:
+    lines += [note, ""]
   for noise, part in parts.items():
     table, ok = verdict(part, zs)
     lines += [f"#### Run length, caption noise {noise:g}", "",

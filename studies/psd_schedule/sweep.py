@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
+from cvlg_jax.step import plan
 from launch import spec
 from launch.spec import Sweep
 from studies.psd_schedule import report as schedule_report
@@ -61,6 +63,19 @@ def methods() -> list[dict]:
     out.append({"loss.name": "psd", "loss.psd.teacher": "bank",
                 **{f"loss.psd.{k}": v for k, v in knobs.items()}})
   return out
+
+
+def effective(method: dict, steps: int, per_epoch: int) -> tuple:
+  """What a method does on a run of ``steps`` steps, ``per_epoch`` each: its
+  loss, alpha_T, distilled rows and the ramp the plan resolves. Two
+  schedules with the same value at a length train the same run."""
+  if method["loss.name"] == "clip":
+    return ("clip",)
+  knobs = {**common.PSD_SCHEDULE_DEFAULTS,
+           **{k[len("loss.psd."):]: v for k, v in method.items()
+              if k.startswith("loss.psd.")}}
+  return ("psd", knobs["alpha_final"], knobs["subset_fraction"],
+          plan.ramp_steps(types.SimpleNamespace(**knobs), steps, per_epoch))
 
 
 def _floats(text: str) -> list[float]:
@@ -101,10 +116,16 @@ def get_sweep(arg: str | None = None) -> Sweep:
           data = {"data.num_train": size} if size else {}
           if stage == "m2m":
             data["data.noise_kinds"] = M2M_KINDS
+          steps, seen = max(1, round(epochs * per_epoch)), set()
           for method in methods():
+            # A schedule that is an earlier one step for step at this length
+            # is not trained twice; the report counts that run for both.
+            what = effective(method, steps, per_epoch)
+            if what in seen:
+              continue
+            seen.add(what)
             runs.append({**method, **data, "data.caption_noise": noise,
-                         "train.seed": seed,
-                         "train.steps": max(1, round(epochs * per_epoch)),
+                         "train.seed": seed, "train.steps": steps,
                          "optim.warmup_fraction": WARMUP_FRACTION})
   return Sweep(config=CONFIG + (f":{config_arg}" if config_arg else ""),
                runs=runs, report=schedule_report.write)

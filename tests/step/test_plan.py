@@ -92,7 +92,11 @@ def test_the_epochs_schedule_tracks_early_at_fifty_epochs_and_not_at_four():
   assert alpha_at_end("epochs", 50) == alpha_at_end("early", 50) == (200, full)
   assert alpha_at_end("early", 4) == (16, full)
   assert alpha_at_end("epochs", 4) == (200, pytest.approx(0.8 * 64 / 200))
-  with pytest.raises(ValueError, match="schedule='fast'; allowed: paper, early, epochs"):
+  # 'guarded' is 'early' from 10 epochs on, and ramps over 2.5 epochs below.
+  for epochs in (10, 25, 50):
+    assert alpha_at_end("guarded", epochs) == alpha_at_end("early", epochs)
+  assert alpha_at_end("guarded", 4) == (40, full)
+  with pytest.raises(ValueError, match="schedule='fast'; allowed: paper, early, epochs, guarded"):
     common.schedule_knobs("fast")
 
 

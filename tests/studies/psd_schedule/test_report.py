@@ -30,29 +30,33 @@ def _config(run):
 def test_stages_cover_lengths_sizes_and_many_to_many(tmp_path):
   root = str(tmp_path)
   length = _runs(root)
-  # 3 seeds x noise {0, 0.4} x 4 lengths x (CLIP + 3 schedules).
-  assert len(length) == 3 * 2 * 4 * 4
+  # 3 seeds x noise {0, 0.4} x (CLIP + 4 schedules at 4 epochs, 3 at 10 and
+  # 25 epochs, where 'guarded' is 'early', 2 at 50, where 'epochs' is too).
+  assert len(length) == 3 * 2 * (5 + 4 + 4 + 3)
   assert {r.steps for r in length} == {64, 160, 400, 800}  # 16 steps / epoch
   methods = {mr.method_of(r.overrides) for r in length}
-  assert methods == {mr.Method("clip", None), mr.Method("bank", "paper"),
-                     mr.Method("bank", "early"), mr.Method("bank", "epochs")}
+  assert methods == {mr.Method("clip", None), *(mr.Method("bank", s) for s in (
+      "paper", "early", "epochs", "guarded"))}
+  assert {mr.method_of(r.overrides).schedule for r in length
+          if r.steps == 800} == {None, "paper", "early"}
   four = next(r for r in length if r.steps == 64
               and mr.method_of(r.overrides).schedule == "epochs")
   plan = make_plan(_config(four), 8)
   # The epoch ramp outlasts a 4-epoch run; warm-up is 7.5 % of every run.
   assert (plan.ramp_steps, plan.warmup_steps) == (200, 5)
   scale = _runs(root, "stage=scale")
-  assert len(scale) == 3 * 3 * 4
+  assert len(scale) == 3 * 3 * 4  # 'guarded' is 'early' at 30 epochs
   big = next(r for r in scale if r.overrides["data.num_train"] == 8192)
   assert big.steps == 30 * 8192 // 128
   assert make_plan(_config(big), 8).steps_per_epoch == 64
   m2m = _runs(root, "stage=m2m,seeds=1")
-  assert len(m2m) == 2 * 4 and {r.steps for r in m2m} == {800}
+  assert len(m2m) == 2 * 3 and {r.steps for r in m2m} == {800}
   assert {_config(r).data.noise_kinds for r in m2m} == {"partial"}
   digits = spec.expand(spec.load_sweep(  # not validated: no folder here
       SWEEP + ":dataset=folder:/tmp/d,flip=0,per_epoch=7,noises=0.4,seeds=1,"
       "lengths=4+50"), root)
   assert sorted({r.steps for r in digits}) == [28, 350]
+  assert len(digits) == 5 + 3
   with pytest.raises(ValueError, match="needs per_epoch"):
     spec.load_sweep(SWEEP + ":dataset=folder:/tmp/d")
   with pytest.raises(ValueError, match="stage='all'"):
@@ -83,30 +87,34 @@ def _write(run, heldout, zeroshot, probe=0.5):
 def test_report_tables_and_the_verdict_of_the_default_rule(tmp_path):
   """CLIP scores 0.20 held-out / 0.30 zero-shot at every length (+0.01 x
   seed). ``early`` is +0.05 on both but -0.04 at 4 epochs (it fails the
-  rule there); ``epochs`` is +0.045 everywhere (within a point of the best
-  at every length: it passes); ``paper`` +0.01 (more than a point short)."""
+  rule there); ``epochs`` is +0.045 everywhere and ``guarded`` +0.046 at 4
+  epochs and ``early`` (the same run) at 25: both pass; ``paper`` +0.01 is
+  more than a point short of the best."""
   root = str(tmp_path)
-  runs = _runs(root, "noises=0.4,lengths=4+50")
-  gain = {None: 0.0, "paper": 0.01, "epochs": 0.045}
+  runs = _runs(root, "noises=0.4,lengths=4+25")
+  assert len(runs) == 3 * (5 + 4)
+  gain = {None: 0.0, "paper": 0.01, "epochs": 0.045, "guarded": 0.046}
   for run in runs:
     m = mr.method_of(run.overrides)
     seed = run.overrides["train.seed"]
     g = gain.get(m.schedule, 0.05 if run.steps > 64 else -0.04)
     _write(run, 0.20 + 0.01 * seed + g, 0.30 + 0.01 * seed + g)
   md = pr.render(report.collect(runs))
-  assert "24/24 runs finished" in md
+  assert "27/27 runs finished" in md
   assert "#### Run length, caption noise 0.4" in md
+  assert "`guarded` is `early` at 25 epochs" in md
   # CLIP at 4 epochs: 2 evaluations (step 50 and 64), best = final + 1 pt.
   assert ("| 4 | CLIP | 3 | 21.0 ± 1.0 | 31.0 ± 1.0 | 32.0 ± 1.0 | 50.0 ± 0.0 "
           "| 51.0 ± 0.0 |") in md
   assert "|  | − CLIP | paired | -4.0 ± 0.0 | -4.0 ± 0.0 |" in md
-  assert "| 50 | PSD bank, `epochs` | 3 | 25.5 ± 1.0 |" in md
+  assert "| 25 | PSD bank, `epochs` | 3 | 25.5 ± 1.0 |" in md
+  assert "| 25 | PSD bank, `guarded` | 3 | 26.0 ± 1.0 |" in md
   # Verdict rows: held-out / zero-shot gaps, shortfall to the best schedule.
-  assert ("| 4 | +1.0 / +1.0, 3.5 ✗ | -4.0 / -4.0, 8.5 ✗ | "
-          "+4.5 / +4.5, 0.0 ✓ |") in md
-  assert ("| 50 | +1.0 / +1.0, 4.0 ✗ | +5.0 / +5.0, 0.0 ✓ | "
-          "+4.5 / +4.5, 0.5 ✓ |") in md
-  assert "Schedules meeting it at every length: `epochs`." in md
+  assert ("| 4 | +1.0 / +1.0, 3.6 ✗ | -4.0 / -4.0, 8.6 ✗ | "
+          "+4.5 / +4.5, 0.1 ✓ | +4.6 / +4.6, 0.0 ✓ |") in md
+  assert ("| 25 | +1.0 / +1.0, 4.0 ✗ | +5.0 / +5.0, 0.0 ✓ | "
+          "+4.5 / +4.5, 0.5 ✓ | +5.0 / +5.0, 0.0 ✓ |") in md
+  assert "Schedules meeting it at every length: `epochs`, `guarded`." in md
   paths = pr.write(report.collect(runs), root)
   assert [os.path.basename(p) for p in paths] == [pr.REPORT, pr.FIGURE]
   assert open(paths[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -123,7 +131,9 @@ def test_report_of_scale_and_many_to_many_runs(tmp_path):
   assert "#### Data scale (caption noise 0.4, 30 epochs)" in md
   assert "| 512 | CLIP | 1 |" in md and "| 2048 | PSD bank, `early` | 1 |" in md
   assert "#### Many-to-many captions (noise kinds `partial`)" in md
-  assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 3 * 2 + 3
+  # Each size: 4 schedules (guarded shares early's run); m2m at 50 epochs:
+  # epochs and guarded share early's.
+  assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 4 * 2 + 4
 
 
 def test_report_without_finished_runs_says_pending(tmp_path):
