@@ -15,18 +15,20 @@ from the data set's nominal size: sets the steps per epoch), ``dtype``,
 ``image_size``, ``workers``, ``eval_data_dir`` (TFDS data_dir for the eval sets),
 ``evals=paper`` (the full benchmark suite of configs/eval_suite.py instead
 of the cheap during-training set),
-``teacher`` (bank | ema | self) and ``schedule`` (early | paper | epochs | guarded) of PSD,
+``teacher`` (bank | ema | self) and ``schedule`` (by_length | paper | early |
+epochs | guarded) of PSD,
 ``smoke`` (a seconds-long run for tests).
 
 The schedule below is this project's default, not a number from the paper:
 AdamW (b2 0.98, eps 1e-6, wd 0.1), peak lr 5e-4 with a 2,000-step warm-up and
 cosine decay, batch 1024 — the open_clip/SLIP recipe for data of this size.
-PSD uses :data:`DEFAULT_PSD`, the teacher and schedule the memorisation
-study (docs/robustness.md) chose on held-out training pairs: the embedding
-bank (PS-KD's previous-epoch teacher, no extra FLOPs), alpha_T 0.8 on every
-row, ramped over the first quarter of training. ``teacher=`` picks another
-teacher, ``schedule=paper`` the design's first default (alpha_T 0.5, half
-the batch, ramp over all of training).
+PSD uses :data:`DEFAULT_PSD`, the teacher and schedule the memorisation and
+length studies (docs/robustness.md) chose on held-out training pairs: the
+embedding bank (PS-KD's previous-epoch teacher, no extra FLOPs), alpha_T 0.8
+on every row, ramped over the first quarter of training in runs of 10 epochs
+or more (these configs' 30), over 12.5 epochs in shorter ones. ``teacher=``
+picks another teacher, ``schedule=paper`` the design's first default
+(alpha_T 0.5, half the batch, ramp over all of training).
 """
 
 from cvlg_jax.config import base_config
@@ -83,7 +85,9 @@ def format_arg(args: dict) -> str:
 # rows ramped over a fixed 12.5 epochs (= ``early`` at 50 epochs), so a short
 # run ends far below full weight; ``guarded``: ``early``, but the ramp lasts
 # at least 2.5 epochs (= ``early`` from 10 epochs on), so a short run never
-# puts full weight on a bank written by the first epochs' model. Each ramp is
+# puts full weight on a bank written by the first epochs' model;
+# ``by_length``: the rule the length study supports (docs/robustness.md):
+# ``epochs`` for runs under 10 epochs, ``early`` from 10 on. Each ramp is
 # resolved when the run starts (from train.steps and the steps per epoch), so
 # overriding either rescales it. A knob a schedule leaves out keeps the
 # default of PSD_SCHEDULE_DEFAULTS.
@@ -96,18 +100,15 @@ PSD_SCHEDULES = {
                    ramp_epochs=12.5),
     "guarded": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=0.25,
                     ramp_epochs=0.0, ramp_min_epochs=2.5),
+    "by_length": dict(alpha_final=0.8, subset_fraction=1.0, ramp_fraction=0.25,
+                      ramp_epochs=12.5, ramp_epochs_for_runs_under=10.0),
 }
-PSD_SCHEDULE_DEFAULTS = dict(ramp_min_epochs=0.0)
-# (teacher, schedule) of every shipped PSD config: the memorisation study's
-# choice (docs/robustness.md, chosen on held-out training pairs).
-DEFAULT_PSD = ("bank", "early")
-# Runs of a few epochs (the demo, fine-tuning) keep the bank teacher but ramp
-# over all of training: with under ~5 epochs, ``early`` puts alpha 0.8 on
-# entries one epoch (a quarter of the run) old, written by a far weaker model,
-# and pulls the student back (configs/demo.py: 25.5 % zero-shot vs CLIP's
-# 39.8 %; with ``paper`` 39.5 %). The study's regime is 50 epochs; the paper
-# configs run 30.
-SHORT_RUN_PSD = ("bank", "paper")
+PSD_SCHEDULE_DEFAULTS = dict(ramp_min_epochs=0.0, ramp_epochs_for_runs_under=0.0)
+# (teacher, schedule) of every shipped PSD config, from the pre-training
+# configs (30 epochs) to the demo (3.8) and fine-tuning (5): the bank teacher
+# with the rule by length, chosen on held-out training pairs by the length
+# study (docs/robustness.md, "Which schedule to ship"; docs/design.md 8.1).
+DEFAULT_PSD = ("bank", "by_length")
 
 
 def schedule_knobs(schedule: str, where: str = "config") -> dict:

@@ -4,9 +4,9 @@
     python -m cvlg_jax.main --config=configs/demo.py:clip --workdir=/tmp/demo_clip
 
 Sized to finish in a few minutes on a 2-core CPU; see README for numbers.
-PSD uses the embedding-bank teacher with the design's schedule
-(configs/common.py SHORT_RUN_PSD: 3.8 epochs are too few for the study's
-``early`` schedule; see there). Args
+PSD uses the project's one default (configs/common.py DEFAULT_PSD: the
+embedding bank with the rule by length, which at 3.8 epochs ramps alpha over
+12.5 epochs and so ends at 0.24). Args
 (comma-separated): ``clip`` for the CLIP baseline, ``noise=0.2`` for caption
 noise, ``teacher=`` / ``schedule=`` for another PSD, ``tiny`` for a
 seconds-long smoke run.
@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.common import SHORT_RUN_PSD, parse_arg, set_psd  # noqa: E402
+from configs.common import DEFAULT_PSD, parse_arg, set_psd  # noqa: E402
 from cvlg_jax.config import base_config  # noqa: E402
 
 
@@ -51,6 +51,6 @@ def get_config(arg=None):
     c.train.checkpoint_every = 10
     c.eval.synthetic.num_zeroshot = 100
     c.eval.synthetic.num_retrieval = 50
-  set_psd(c, args.get("teacher", SHORT_RUN_PSD[0]),
-          args.get("schedule", SHORT_RUN_PSD[1]), "configs/demo.py")
+  set_psd(c, args.get("teacher", DEFAULT_PSD[0]),
+          args.get("schedule", DEFAULT_PSD[1]), "configs/demo.py")
   return c

@@ -23,9 +23,9 @@ open_clip's own), ``loss`` (psd | clip), ``epochs``, ``batch``, ``lr``,
 
 Recipe: the usual CLIP fine-tuning one (open_clip / WiSE-FT): AdamW with a
 small peak learning rate (1e-5) after a 500-step warm-up, cosine decay, weight
-decay 0.1, batch 512; PSD with the embedding-bank teacher and the design's
-schedule (configs/common.py SHORT_RUN_PSD: 5 epochs are too few for the
-study's ``early`` one). The bank holds nothing in the first epoch (one-hot
+decay 0.1, batch 512; PSD with the project's default (configs/common.py
+DEFAULT_PSD: the embedding bank with the rule by length; at 5 epochs alpha
+ramps over 12.5 epochs, ending at 0.32). The bank holds nothing in the first epoch (one-hot
 targets); ``teacher=ema`` distils from step 0, since a released model is
 already a good teacher, at the cost of one more forward pass.
 """
@@ -35,7 +35,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import eval_suite  # noqa: E402
-from configs.common import SHORT_RUN_PSD, parse_arg, set_psd  # noqa: E402
+from configs.common import DEFAULT_PSD, parse_arg, set_psd  # noqa: E402
 from cvlg_jax.config import base_config  # noqa: E402
 
 
@@ -95,6 +95,6 @@ def get_config(arg=None):
     c.train.eval_every, c.train.eval_every_epochs = 1000, 0.0
     c.optim.warmup_steps, c.optim.warmup_fraction = 0, 0.0
     c.eval = {}
-  set_psd(c, args.get("teacher", SHORT_RUN_PSD[0]),
-          args.get("schedule", SHORT_RUN_PSD[1]), "configs/finetune.py")
+  set_psd(c, args.get("teacher", DEFAULT_PSD[0]),
+          args.get("schedule", DEFAULT_PSD[1]), "configs/finetune.py")
   return c

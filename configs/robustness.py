@@ -43,9 +43,7 @@ def get_config(arg=None):
   c.train.keep_checkpoints = 1
   # The first study's PSD: the design's first default (same-pass teacher,
   # alpha_T 0.5 on half the batch, ramp over all steps), whatever the demo's.
-  c.loss.psd.teacher = "self"
-  c.loss.psd.alpha_final, c.loss.psd.subset_fraction = 0.5, 0.5
-  c.loss.psd.ramp_steps = -1
+  common.set_psd(c, "self", "paper", "configs/robustness.py")
   if "dataset" in args:
     c.eval = {}
     _real_data(c, args["dataset"], args.get("data_dir", ""),

@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
           # > 0: the ramp (from either) lasts at least this many epochs, so
           # a short run never trusts a bank written by a model of one epoch.
           ramp_min_epochs=0.0,
+          # > 0: ramp_epochs applies only to runs shorter than this many
+          # epochs; longer runs ramp over ramp_fraction (a rule by length).
+          ramp_epochs_for_runs_under=0.0,
           ramp_steps=-1,
           ramp_unit="step",       # step | epoch
           subset="random",        # random | all
@@ -237,7 +240,7 @@ def _check_loss(config, paths: bool) -> None:
     raise ConfigError(f"config.loss.psd.ramp_fraction={psd.ramp_fraction} must "
                       "be in (0, 1]")
   _non_negative(config, "loss.psd.ema_horizon_epochs", "loss.psd.ramp_epochs",
-                "loss.psd.ramp_min_epochs")
+                "loss.psd.ramp_min_epochs", "loss.psd.ramp_epochs_for_runs_under")
   if psd.ramp_steps == 0 or psd.ramp_steps < -1:
     raise ConfigError(f"config.loss.psd.ramp_steps={psd.ramp_steps} must be "
                       "> 0, or -1 for ramp_fraction of the training steps")

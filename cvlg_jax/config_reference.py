@@ -80,6 +80,9 @@ MEANINGS = {
     "loss.psd.ramp_epochs": "> 0: ramp over this many epochs instead "
                             "(resolved from the steps per epoch; a shorter "
                             "run ends below alpha_final).",
+    "loss.psd.ramp_epochs_for_runs_under": "> 0: ramp_epochs applies only to "
+                                          "runs shorter than this many epochs; "
+                                          "longer ones use ramp_fraction.",
     "loss.psd.ramp_min_epochs": "> 0: the ramp of ramp_fraction or "
                                 "ramp_epochs lasts at least this many epochs.",
     "loss.psd.ramp_steps": "> 0: ramp over this many steps instead (before "

@@ -287,16 +287,17 @@ def test_config_args_are_typed_and_unknown_ones_are_refused():
 
 
 def test_shipped_psd_configs_use_the_study_default_and_the_first_study_is_pinned():
-  """The paper configs run the memorisation study's choice
-  (configs/common.DEFAULT_PSD), the short runs (demo, fine-tuning) the bank
-  with the design's ramp; configs/robustness.py keeps the first study's PSD
-  (same-pass teacher, the paper schedule), so its runs reproduce."""
-  from configs import cc3m, common, finetune, robustness
-  assert common.DEFAULT_PSD == ("bank", "early")
-  assert common.SHORT_RUN_PSD == ("bank", "paper")
-  for c, schedule in ((cc3m.get_config("data_dir=/d,epochs=2"), "early"),
-                      (demo.get_config(), "paper"),
-                      (finetune.get_config("smoke,steps=40"), "paper")):
+  """Every shipped PSD config, 30-epoch pre-training to the 3.8-epoch demo,
+  runs the one default (configs/common.DEFAULT_PSD, the length study's
+  choice); configs/robustness.py keeps the first study's PSD (same-pass
+  teacher, the paper schedule), so its runs reproduce."""
+  from configs import cc3m, common, finetune, lit, robustness
+  assert common.DEFAULT_PSD == ("bank", "by_length")
+  assert not hasattr(common, "SHORT_RUN_PSD")
+  for c, schedule in ((cc3m.get_config("data_dir=/d,epochs=2"), "by_length"),
+                      (demo.get_config(), "by_length"),
+                      (finetune.get_config("smoke,steps=40"), "by_length"),
+                      (lit.get_config("smoke"), "by_length")):
     psd = c.loss.psd
     assert (c.loss.name, psd.teacher) == ("psd", "bank")
     assert {k: psd[k] for k in common.schedule_knobs(schedule)} == {

@@ -102,14 +102,16 @@ def _fraction_of_steps(fraction: float, steps: int) -> int:
 
 def ramp_steps(psd, steps: int, per_epoch: int) -> int:
   """PSD's ramp in steps for ``config.loss.psd`` on a run of ``steps`` steps
-  of ``per_epoch`` each: a fixed count, else epochs, else a fraction of the
+  of ``per_epoch`` each: a fixed count, else epochs (for runs under
+  ``ramp_epochs_for_runs_under`` epochs, when set), else a fraction of the
   run, and at least ``ramp_min_epochs`` epochs. An epoch ramp may outlast
   the run: alpha then ends below alpha_final, which is the point (a short
   run never puts full weight on a bank written by a weak model;
   docs/design.md, "The default schedule")."""
   if psd.ramp_steps > 0:
     return psd.ramp_steps
-  if psd.ramp_epochs > 0:
+  under = psd.ramp_epochs_for_runs_under
+  if psd.ramp_epochs > 0 and (under <= 0 or steps < under * per_epoch):
     ramp = max(1, round(psd.ramp_epochs * per_epoch))
   else:
     ramp = _fraction_of_steps(psd.ramp_fraction, steps)

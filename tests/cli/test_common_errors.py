@@ -96,7 +96,10 @@ def test_resume_with_a_changed_step_count_warns_and_records_it(trained, tmp_path
   info = json.load(open(os.path.join(workdir, "run_info.json")))
   assert info["changed_on_resume"] == [
       {"step": 5, "changes": {"train.steps": [5, 7]}}]
-  assert info["resolved"]["psd_ramp_steps"] == 7  # rescaled with train.steps
+  # Resolved again at the resume: the demo's rule by length ramps a run of
+  # under 10 epochs over 12.5 epochs of its data, whatever train.steps is.
+  resolved = info["resolved"]
+  assert resolved["psd_ramp_steps"] == round(12.5 * resolved["steps_per_epoch"])
 
 
 def test_out_of_device_memory_is_one_line_with_the_knobs(tmp_path):

@@ -19,8 +19,8 @@ def test_run_record_holds_config_code_versions_and_devices(tmp_path):
   record.write(c, str(tmp_path), sharding.make_mesh(c.mesh), resumed_from=7)
   config = json.load(open(tmp_path / "config.json"))
   assert config["train"]["keep_checkpoints"] == 4
-  psd = config["loss"]["psd"]  # demo.py's (configs/common.SHORT_RUN_PSD)
-  assert (psd["teacher"], psd["alpha_final"]) == ("bank", 0.5)
+  psd = config["loss"]["psd"]  # demo.py's (configs/common.DEFAULT_PSD)
+  assert (psd["teacher"], psd["alpha_final"], psd["ramp_epochs"]) == ("bank", 0.8, 12.5)
   info = json.load(open(tmp_path / "run_info.json"))
   assert info["cvlg_jax"] == cvlg_jax.__version__
   head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,

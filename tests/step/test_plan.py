@@ -5,11 +5,14 @@ import pytest
 from cvlg_jax.data import train_sources
 from cvlg_jax.step.plan import make_plan
 
-from configs import demo
+from configs import common, demo
 
 
 def _tiny(**overrides):
+  """demo.py:tiny with the design's PSD (alpha_T 0.5 on half the rows, ramp
+  over ramp_fraction of the run), whatever the shipped default is."""
   c = demo.get_config("tiny")
+  common.set_psd(c, c.loss.psd.teacher, "paper")
   for path, value in overrides.items():
     group, key = path.split(".", 1)
     node = c[group]
@@ -76,7 +79,6 @@ def test_an_epoch_ramp_follows_the_data_size_and_may_outlast_the_run():
 def test_the_epochs_schedule_tracks_early_at_fifty_epochs_and_not_at_four():
   """configs/common.py 'epochs' equals 'early' step for step at the
   memorisation study's 50 epochs, and at 4 epochs ends at 0.8 x 4 / 12.5."""
-  from configs import common
   from cvlg_jax.losses.schedule import alpha_schedule
 
   def alpha_at_end(schedule, epochs):
@@ -96,7 +98,12 @@ def test_the_epochs_schedule_tracks_early_at_fifty_epochs_and_not_at_four():
   for epochs in (10, 25, 50):
     assert alpha_at_end("guarded", epochs) == alpha_at_end("early", epochs)
   assert alpha_at_end("guarded", 4) == (40, full)
-  with pytest.raises(ValueError, match="schedule='fast'; allowed: paper, early, epochs, guarded"):
+  # 'by_length' is 'epochs' below 10 epochs and 'early' from 10 on.
+  for epochs in (4, 9):
+    assert alpha_at_end("by_length", epochs) == alpha_at_end("epochs", epochs)
+  for epochs in (10, 25, 50, 100):
+    assert alpha_at_end("by_length", epochs) == alpha_at_end("early", epochs)
+  with pytest.raises(ValueError, match="schedule='fast'; allowed: paper, early, epochs, guarded, by_length"):
     common.schedule_knobs("fast")
 
 

@@ -32,11 +32,11 @@ def test_stages_cover_lengths_sizes_and_many_to_many(tmp_path):
   length = _runs(root)
   # 3 seeds x noise {0, 0.4} x (CLIP + 4 schedules at 4 epochs, 3 at 10 and
   # 25 epochs, where 'guarded' is 'early', 2 at 50, where 'epochs' is too).
-  assert len(length) == 3 * 2 * (5 + 4 + 4 + 3)
+  assert len(length) == 3 * 2 * (5 + 4 + 4 + 3)  # by_length: always shared
   assert {r.steps for r in length} == {64, 160, 400, 800}  # 16 steps / epoch
   methods = {mr.method_of(r.overrides) for r in length}
   assert methods == {mr.Method("clip", None), *(mr.Method("bank", s) for s in (
-      "paper", "early", "epochs", "guarded"))}
+      "paper", "early", "epochs", "guarded"))}  # by_length is epochs or early
   assert {mr.method_of(r.overrides).schedule for r in length
           if r.steps == 800} == {None, "paper", "early"}
   four = next(r for r in length if r.steps == 64
@@ -102,7 +102,8 @@ def test_report_tables_and_the_verdict_of_the_default_rule(tmp_path):
   md = pr.render(report.collect(runs))
   assert "27/27 runs finished" in md
   assert "#### Run length, caption noise 0.4" in md
-  assert "`guarded` is `early` at 25 epochs" in md
+  assert ("`by_length` is `early` at 25 epochs; `by_length` is `epochs` at 4 "
+          "epochs; `guarded` is `early` at 25 epochs") in md
   # CLIP at 4 epochs: 2 evaluations (step 50 and 64), best = final + 1 pt.
   assert ("| 4 | CLIP | 3 | 21.0 ± 1.0 | 31.0 ± 1.0 | 32.0 ± 1.0 | 50.0 ± 0.0 "
           "| 51.0 ± 0.0 |") in md
@@ -111,10 +112,12 @@ def test_report_tables_and_the_verdict_of_the_default_rule(tmp_path):
   assert "| 25 | PSD bank, `guarded` | 3 | 26.0 ± 1.0 |" in md
   # Verdict rows: held-out / zero-shot gaps, shortfall to the best schedule.
   assert ("| 4 | +1.0 / +1.0, 3.6 ✗ | -4.0 / -4.0, 8.6 ✗ | "
-          "+4.5 / +4.5, 0.1 ✓ | +4.6 / +4.6, 0.0 ✓ |") in md
+          "+4.5 / +4.5, 0.1 ✓ | +4.6 / +4.6, 0.0 ✓ | +4.5 / +4.5, 0.1 ✓ |") in md
   assert ("| 25 | +1.0 / +1.0, 4.0 ✗ | +5.0 / +5.0, 0.0 ✓ | "
-          "+4.5 / +4.5, 0.5 ✓ | +5.0 / +5.0, 0.0 ✓ |") in md
-  assert "Schedules meeting it at every length: `epochs`, `guarded`." in md
+          "+4.5 / +4.5, 0.5 ✓ | +5.0 / +5.0, 0.0 ✓ | +5.0 / +5.0, 0.0 ✓ |") in md
+  assert ("Schedules meeting it at every length: `epochs`, `guarded`, "
+          "`by_length`. Within 1 point of the best held-out score at every "
+          "length: `epochs`, `guarded`, `by_length`.") in md
   paths = pr.write(report.collect(runs), root)
   assert [os.path.basename(p) for p in paths] == [pr.REPORT, pr.FIGURE]
   assert open(paths[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -131,9 +134,9 @@ def test_report_of_scale_and_many_to_many_runs(tmp_path):
   assert "#### Data scale (caption noise 0.4, 30 epochs)" in md
   assert "| 512 | CLIP | 1 |" in md and "| 2048 | PSD bank, `early` | 1 |" in md
   assert "#### Many-to-many captions (noise kinds `partial`)" in md
-  # Each size: 4 schedules (guarded shares early's run); m2m at 50 epochs:
-  # epochs and guarded share early's.
-  assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 4 * 2 + 4
+  # Each size: 5 schedules (guarded and by_length share early's run); m2m
+  # at 50 epochs: epochs, guarded and by_length share early's.
+  assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 5 * 2 + 5
 
 
 def test_report_without_finished_runs_says_pending(tmp_path):
