@@ -130,7 +130,9 @@ def test_print_config_shows_the_resolved_config_and_exits(tmp_path):
   out = _run("--config=configs/demo.py:tiny", "--config.train.steps=77",
              "--print_config")
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "steps: 77" in out.stdout and "ramp_fraction: 1.0" in out.stdout
+  # The demo's PSD is the default rule by length (configs/common.DEFAULT_PSD).
+  assert "steps: 77" in out.stdout and "ramp_epochs: 12.5" in out.stdout
+  assert "ramp_epochs_for_runs_under: 10.0" in out.stdout
 
 
 def test_the_docs_table_is_these_cases():
