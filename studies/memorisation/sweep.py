@@ -21,7 +21,8 @@ Two stages on one root (runs shared between them are run once):
     selection runs it does not hold (the schedules not chosen), so its report
     shows the selection table too; after ``stage=select`` they are done.
 Other sweep-argument keys go to the config (``dataset=``, ``steps=``, ...);
-``seeds=N`` and ``noises=A+B`` (the sweep's own) make a cheaper grid.
+``seeds=N``, ``noises=A+B`` and ``teachers=bank+ema`` (the sweep's own: PSD
+teachers beside CLIP, default all) make a cheaper grid.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ SCHEDULE = {"self": "paper", "ema": "early", "bank": "early"}
 # The schedules the selection stage compares (at 50 epochs the ``epochs``
 # schedule is ``early``, step for step; the length study compares all three).
 SELECT_SCHEDULES = ("paper", "early")
-SWEEP_ARGS = ("stage", "seeds", "noises")
+SWEEP_ARGS = ("stage", "seeds", "noises", "teachers")
 
 
 def variant_overrides(variant: str, schedule: str, steps: int) -> dict:
@@ -80,10 +81,18 @@ def get_sweep(arg: str | None = None) -> Sweep:
   if stage not in ("select", "main"):
     raise ValueError(f"memorisation: stage={stage!r}; allowed: select, main")
   steps = memorisation_config.get_config(config_arg or None).train.steps
-  select = [_run("clip", None, SELECT_NOISE, SELECT_SEED, steps),
-            _run("self", SCHEDULE["self"], SELECT_NOISE, SELECT_SEED, steps)]
+  teachers = [t for t in own.get("teachers", "").split("+") if t] or TEACHERS
+  unknown = sorted(set(teachers) - set(TEACHERS))
+  if unknown:
+    raise ValueError(f"memorisation: teachers {unknown} unknown; allowed: "
+                     f"{', '.join(TEACHERS)}")
+  teachers = [t for t in TEACHERS if t in teachers]
+  select = [_run("clip", None, SELECT_NOISE, SELECT_SEED, steps)]
+  if "self" in teachers:
+    select.append(_run("self", SCHEDULE["self"], SELECT_NOISE, SELECT_SEED,
+                       steps))
   select += [_run(teacher, schedule, SELECT_NOISE, SELECT_SEED, steps)
-             for teacher in ("ema", "bank")
+             for teacher in ("ema", "bank") if teacher in teachers
              for schedule in SELECT_SCHEDULES]
   if stage == "select":
     runs = select
@@ -93,7 +102,7 @@ def get_sweep(arg: str | None = None) -> Sweep:
               else NOISE)
     runs = [_run(variant, SCHEDULE.get(variant), noise, seed, steps)
             for seed in seeds for noise in noises
-            for variant in ("clip", *TEACHERS)]
+            for variant in ("clip", *teachers)]
     # The selection runs the grid does not hold (the schedules not chosen)
     # come last, so that one report shows the choice beside its outcome.
     if SELECT_SEED in seeds and SELECT_NOISE in noises:

@@ -22,13 +22,15 @@ Stages (``stage=``), each CLIP and the bank teacher with every schedule:
 Every run warms the learning rate up over the same 7.5 % of its steps (60 of
 800, the memorisation study's), so a 4-epoch run is not all warm-up.
 Sweep keys: ``stage``, ``seeds=N`` (first N of 0, 1, 2), ``noises=A+B``,
-``lengths=4+10`` (epochs), ``sizes=512+2048``, ``per_epoch=N`` (real data:
-its steps per epoch, which the config file cannot know); the rest goes to
+``lengths=4+10`` (epochs), ``sizes=512+2048``, ``schedules=by_length+early``
+(the PSD schedules to run beside CLIP; default all), ``per_epoch=N`` (real
+data: its steps per epoch, which the config file cannot know); the rest goes to
 configs/memorisation.py (``dataset=``, ``flip=0``, ...).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -52,16 +54,26 @@ SCALE_EPOCHS = 30                      # the pre-training configs' length
 NOISES = {"length": (0.0, 0.4), "scale": (0.4,), "m2m": (0.2, 0.4)}
 M2M_KINDS = "partial"
 WARMUP_FRACTION = 0.075
-SWEEP_ARGS = ("stage", "seeds", "noises", "lengths", "sizes", "per_epoch")
+SWEEP_ARGS = ("stage", "seeds", "noises", "lengths", "sizes", "per_epoch",
+              "schedules")
 
 
-def methods() -> list[dict]:
-  """CLIP, then the bank teacher with each named schedule."""
-  out = [{"loss.name": "clip"}]
-  for name in common.PSD_SCHEDULES:
+def methods(schedules=None) -> list[tuple[str, dict]]:
+  """(name, overrides): ``clip``, then the bank teacher with each named
+  schedule (``schedules``: a subset of ``PSD_SCHEDULES``, default all, in
+  that order)."""
+  names = list(common.PSD_SCHEDULES)
+  unknown = sorted(set(schedules or ()) - set(names))
+  if unknown:
+    raise ValueError(f"psd_schedule: schedules {unknown} unknown; allowed: "
+                     f"{', '.join(names)}")
+  out = [("clip", {"loss.name": "clip"})]
+  for name in names:
+    if schedules and name not in schedules:
+      continue
     knobs = common.schedule_knobs(name, "psd_schedule sweep")
-    out.append({"loss.name": "psd", "loss.psd.teacher": "bank",
-                **{f"loss.psd.{k}": v for k, v in knobs.items()}})
+    out.append((name, {"loss.name": "psd", "loss.psd.teacher": "bank",
+                       **{f"loss.psd.{k}": v for k, v in knobs.items()}}))
   return out
 
 
@@ -95,6 +107,7 @@ def get_sweep(arg: str | None = None) -> Sweep:
     raise ValueError(f"psd_schedule: stage={stage} is synthetic-only")
   base = memorisation_config.get_config(config_arg or None)
   seeds = SEEDS[:int(own.get("seeds", len(SEEDS)))]
+  chosen = methods([n for n in own.get("schedules", "").split("+") if n])
   noises = _floats(own["noises"]) if "noises" in own else NOISES[stage]
   if stage == "length":
     lengths = _floats(own["lengths"]) if "lengths" in own else LENGTHS
@@ -117,7 +130,7 @@ def get_sweep(arg: str | None = None) -> Sweep:
           if stage == "m2m":
             data["data.noise_kinds"] = M2M_KINDS
           steps, seen = max(1, round(epochs * per_epoch)), set()
-          for method in methods():
+          for _, method in chosen:
             # A schedule that is an earlier one step for step at this length
             # is not trained twice; the report counts that run for both.
             what = effective(method, steps, per_epoch)
@@ -128,4 +141,6 @@ def get_sweep(arg: str | None = None) -> Sweep:
                          "train.seed": seed, "train.steps": steps,
                          "optim.warmup_fraction": WARMUP_FRACTION})
   return Sweep(config=CONFIG + (f":{config_arg}" if config_arg else ""),
-               runs=runs, report=schedule_report.write)
+               runs=runs, report=functools.partial(
+                   schedule_report.write,
+                   schedules=[name for name, _ in chosen[1:]]))
