@@ -142,3 +142,27 @@ def test_report_of_scale_and_many_to_many_runs(tmp_path):
 def test_report_without_finished_runs_says_pending(tmp_path):
   md = pr.render(report.collect(_runs(str(tmp_path), "seeds=1")))
   assert "results pending" in md
+
+
+def test_schedules_key_runs_clip_against_the_named_schedules_only(tmp_path):
+  """``schedules=by_length``: CLIP and the default, no other schedule's
+  runs, and the report counts the default's runs for it alone (not also as
+  ``early``, which it is at 30 epochs)."""
+  root = str(tmp_path)
+  runs = _runs(root, "stage=scale,seeds=1,sizes=512,schedules=by_length")
+  assert [mr.method_of(r.overrides).schedule for r in runs] == [None,
+                                                                "by_length"]
+  for run in runs:
+    bank = mr.method_of(run.overrides).name == "bank"
+    _write(run, 0.2, 0.3 + (0.02 if bank else 0))
+  sweep = spec.load_sweep(SWEEP + ":stage=scale,seeds=1,sizes=512,"
+                          "schedules=by_length")
+  sweep.report(report.collect(runs), root)
+  md = open(os.path.join(root, pr.REPORT)).read()
+  assert "| 512 | PSD bank, `by_length` | 1 |" in md
+  assert "`early`" not in md and "Shared runs" not in md
+  assert md.count("|  | − CLIP | paired |") == 1
+  # The full sweep's report still counts the shared run for every schedule.
+  assert "| 512 | PSD bank, `early` | 1 |" in pr.render(report.collect(runs))
+  with pytest.raises(ValueError, match=r"schedules \['fast'\] unknown"):
+    spec.load_sweep(SWEEP + ":schedules=fast")
