@@ -275,11 +275,7 @@ def write(results, root: str) -> list[str]:
   return paths
 
 
-def main(argv):
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  print(f"updated {rr.publish(f.root, f.doc, f.section, report=REPORT, figures=(FIGURE,))}")
+def _splice_headline(f) -> None:
   if f.readme:
     with open(f"{f.root}/{HEADLINE}") as fh:
       rr.splice(f.readme, f"headline-{f.section}", fh.read())
@@ -287,10 +283,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("root", None, "Sweep root holding memorisation.md.")
-  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
-  flags.DEFINE_string("section", "memorisation", "Marker name in the doc.")
-  flags.DEFINE_string("readme", "", "Also splice headline.md into this file.")
-  flags.mark_flag_as_required("root")
-  app.run(main)
+  rr.cli("memorisation", REPORT, (FIGURE,), after=_splice_headline,
+         extra_flags={"readme": "Also splice headline.md into this file."})

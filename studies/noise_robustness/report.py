@@ -363,17 +363,30 @@ def splice(doc: str, section: str, body: str) -> None:
     f.write(text)
 
 
-def main(argv):
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  print(f"updated {publish(f.root, f.doc, f.section)}")
+def cli(section: str, report: str = "robustness.md", figures=FIGURES,
+        extra_flags=None, after=None) -> None:
+  """Every study report's ``python -m studies.<study>.report --root=R`` entry
+  point: splices ``R/<report>`` and its figures into ``--doc`` at
+  ``--section``. ``extra_flags``: name -> help of further string flags;
+  ``after(flags)``: the study's own extra step (memorisation: the README
+  headline)."""
+  from absl import app, flags
+  flags.DEFINE_string("root", None, f"Sweep root holding {report}.")
+  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
+  flags.DEFINE_string("section", section, "Marker name in the doc.")
+  for name, help_text in (extra_flags or {}).items():
+    flags.DEFINE_string(name, "", help_text)
+  flags.mark_flag_as_required("root")
+
+  def main(argv):
+    del argv
+    f = flags.FLAGS
+    print(f"updated {publish(f.root, f.doc, f.section, report=report, figures=figures)}")
+    if after is not None:
+      after(f)
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("root", None, "Sweep root holding robustness.md.")
-  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
-  flags.DEFINE_string("section", "synthetic", "Marker name in the doc.")
-  flags.mark_flag_as_required("root")
-  app.run(main)
+  cli("synthetic")

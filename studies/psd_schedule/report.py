@@ -298,17 +298,5 @@ def write(results, root: str, schedules=None) -> list[str]:
   return paths
 
 
-def main(argv):
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  print(f"updated {rr.publish(f.root, f.doc, f.section, report=REPORT, figures=(FIGURE,))}")
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("root", None, "Sweep root holding psd_schedule.md.")
-  flags.DEFINE_string("doc", "docs/robustness.md", "Markdown file to update.")
-  flags.DEFINE_string("section", "psd_schedule", "Marker name in the doc.")
-  flags.mark_flag_as_required("root")
-  app.run(main)
+  rr.cli("psd_schedule", REPORT, (FIGURE,))

@@ -166,3 +166,28 @@ def test_schedules_key_runs_clip_against_the_named_schedules_only(tmp_path):
   assert "| 512 | PSD bank, `early` | 1 |" in pr.render(report.collect(runs))
   with pytest.raises(ValueError, match=r"schedules \['fast'\] unknown"):
     spec.load_sweep(SWEEP + ":schedules=fast")
+
+
+def test_report_entry_point_splices_the_report_and_figure(tmp_path):
+  """``python -m studies.psd_schedule.report`` (the shared ``rr.cli``)."""
+  import subprocess
+  import sys
+  root = str(tmp_path / "runs")
+  runs = _runs(root, "noises=0.4,lengths=4+25,seeds=1")
+  for run in runs:
+    _write(run, 0.2, 0.3)
+  pr.write(report.collect(runs), root)
+  doc = tmp_path / "docs" / "robustness.md"
+  doc.parent.mkdir()
+  doc.write_text("# R\n<!-- results:length_0:begin -->\nold\n"
+                 "<!-- results:length_0:end -->\ntail\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "studies.psd_schedule.report", f"--root={root}",
+       f"--doc={doc}", "--section=length_0"], cwd=spec.REPO,
+      capture_output=True, text=True, check=True).stdout
+  assert f"updated {doc}" in out
+  text = doc.read_text()
+  assert "old" not in text and text.endswith("tail\n")
+  assert "#### Run length, caption noise 0.4" in text
+  assert f"](robustness/length_0/{pr.FIGURE})" in text
+  assert (doc.parent / "robustness" / "length_0" / pr.FIGURE).is_file()
