@@ -58,14 +58,20 @@ _SPLIT_SALT = {"train": 0, "zeroshot": 1, "retrieval": 2, "probe": 3}
 _SINGLE_OBJECT = ("zeroshot", "probe")
 
 
-def parse_noise_kinds(text: str) -> tuple[str, ...]:
-  """``"swap+partial"`` -> ("swap", "partial"); ValueError unless a non-empty
-  '+'-joined list of distinct :data:`NOISE_KINDS`."""
-  kinds = tuple(k for k in text.split("+") if k)
+def check_noise_kinds(kinds) -> tuple[str, ...]:
+  """``kinds`` as a tuple; ValueError unless non-empty distinct
+  :data:`NOISE_KINDS` (a repeated kind would silently weight the draw)."""
+  kinds = tuple(kinds)
   if not kinds or set(kinds) - set(NOISE_KINDS) or len(set(kinds)) != len(kinds):
-    raise ValueError(f"must be '+'-joined distinct kinds of "
-                     f"{'+'.join(NOISE_KINDS)}, got {text!r}")
+    raise ValueError(f"noise kinds must be distinct kinds of "
+                     f"{'+'.join(NOISE_KINDS)}, got {'+'.join(kinds)!r}")
   return kinds
+
+
+def parse_noise_kinds(text: str) -> tuple[str, ...]:
+  """``"swap+partial"`` -> ("swap", "partial"), checked by
+  :func:`check_noise_kinds`."""
+  return check_noise_kinds(k for k in text.split("+") if k)
 
 _TEMPLATES_ONE = ("a {obj}.", "a photo of a {obj}.", "there is a {obj} {pos}.",
                   "a {obj} {pos}.", "an image showing a {obj}.")
@@ -161,11 +167,7 @@ class SyntheticImageText:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= caption_noise <= 1.0:
       raise ValueError(f"caption_noise must be in [0, 1], got {caption_noise}")
-    noise_kinds = tuple(noise_kinds)
-    if not noise_kinds or set(noise_kinds) - set(NOISE_KINDS):
-      raise ValueError(f"noise_kinds must be a non-empty subset of "
-                       f"{NOISE_KINDS}, got {noise_kinds}")
-    self.noise_kinds = noise_kinds
+    self.noise_kinds = check_noise_kinds(noise_kinds)
     if split != "train":
       caption_noise = 0.0
     self.split, self.num_examples, self.image_size = split, num_examples, image_size

@@ -59,8 +59,10 @@ def test_noise_kinds_are_checked_in_the_config():
   c.data.tfds_name = "mnist"
   with pytest.raises(config_lib.ConfigError, match="only the synthetic source"):
     config_lib.validate(c, paths=False)
-  with pytest.raises(ValueError, match="noise_kinds must be a non-empty subset"):
-    synthetic.SyntheticImageText("train", 10, noise_kinds=())
+  # The constructor and the config share one check.
+  for bad in ((), ("partial", "partial"), ("flip",)):
+    with pytest.raises(ValueError, match="noise kinds must be distinct kinds"):
+      synthetic.SyntheticImageText("train", 10, noise_kinds=bad)
 
 
 def test_the_synthetic_classification_set_has_disjoint_single_object_splits():
