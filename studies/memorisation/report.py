@@ -189,7 +189,8 @@ def main_tables(results) -> list[tuple[float, list[str]]]:
 
 
 def headline(results) -> str:
-  """Zero-shot (final, best) and memorisation per noise and method."""
+  """Zero-shot (final, best) and memorisation per noise and method (a
+  method the sweep did not run has no row)."""
   from studies.memorisation import sweep
   g, keys = settings(results), clean_keys(results)
   if not keys:
@@ -209,7 +210,8 @@ def headline(results) -> str:
       cells.append("–" if final is None else
                    f"{100 * final[0]:.1f} / {100 * best[0]:.1f}, "
                    f"{'–' if mem is None else f'{100 * mem[0]:.0f} %'}")
-    rows.append(cells)
+    if any(c != "–" for c in cells[1:]):
+      rows.append(cells)
   return "\n".join(rr._table(header, rows)) + "\n"
 
 

@@ -117,3 +117,14 @@ def test_report_without_finished_runs_says_pending(tmp_path):
   paths = mr.write(report.collect(_runs(str(tmp_path))), str(tmp_path))
   assert len(paths) == 2
   assert "results pending" in open(paths[0]).read()
+
+
+def test_report_of_a_clip_and_bank_grid_has_no_other_teachers(tmp_path):
+  root = str(tmp_path / "root")
+  runs = [r for r in _fake_study(root)
+          if mr.method_of(r.overrides).name in ("clip", "bank")]
+  paths = mr.write(report.collect(runs), root)
+  md, head = open(paths[0]).read(), open(paths[1]).read()
+  assert "EMA" not in md and "self" not in md and "EMA" not in head
+  assert [line.split(" |")[0] for line in head.splitlines()[2:]] == [
+      "| CLIP", "| PSD, bank teacher"]
