@@ -24,6 +24,7 @@ from studies.noise_robustness import report as rr
 
 REPORT = "psd_schedule.md"
 FIGURE = "psd_schedule_length.png"
+SCALE_FIGURE = "psd_schedule_scale.png"
 TOLERANCE = 0.01          # "within 1 point of the best schedule"
 PROBE = "probe/top1"
 NUM_TRAIN, KINDS = "data.num_train", "data.noise_kinds"
@@ -227,6 +228,8 @@ def render(results, schedules=None, g=None) -> str:
               + ", ".join(sorted({f"{s.epochs:g}" for s in sized})) + " epochs)",
               "", *group_table(sized, lambda s: s.num_train, "training pairs",
                                cols), ""]
+    if _scale_parts(g):
+      lines += [f"![paired gap to CLIP against data size]({SCALE_FIGURE})", ""]
   m2m = {s: r for s, r in g.items() if s.kinds and r}
   if m2m:
     lines += [f"#### Many-to-many captions (noise kinds `{next(iter(m2m)).kinds}`)",
@@ -245,29 +248,56 @@ def _length_parts(g: dict) -> dict[float, dict]:
           if len({s.epochs for s in p}) >= 2}
 
 
+def _scale_parts(g: dict) -> dict[float, dict]:
+  """Caption noise -> the scale stage's settings at that noise (at least two
+  data sizes)."""
+  parts = {}
+  for s, runs in g.items():
+    if s.num_train is not None and runs:
+      parts.setdefault(s.noise, {})[s] = runs
+  return {n: p for n, p in sorted(parts.items())
+          if len({s.num_train for s in p}) >= 2}
+
+
 def length_figure(results, g: dict):
-  """Paired gap to CLIP (held-out, zero-shot; final) against run length,
-  one line per schedule, one column per caption noise; ``g``: ``settings``."""
+  """Paired gap to CLIP against run length; ``g``: ``settings``."""
+  return gap_figure(results, _length_parts(g), lambda s: s.epochs, "epochs")
+
+
+def scale_figure(results, g: dict):
+  """Paired gap to CLIP against the number of training pairs."""
+  return gap_figure(results, _scale_parts(g), lambda s: s.num_train,
+                    "training pairs")
+
+
+def gap_figure(results, parts: dict, x, xlabel: str):
+  """Paired gap to CLIP (held-out, zero-shot, and the linear probe where
+  run; final) against ``x(setting)``, one line per schedule, one column per
+  caption noise (``parts``: noise -> settings -> runs)."""
   from matplotlib import ticker
   from matplotlib.figure import Figure
-  parts = _length_parts(g)
+  keys = dict(mr.clean_keys(results))
   zs = (mr.clean_keys(results) or [(None, None)])[0]
   panels = [("held-out top-1", mr.HELDOUT), (zs[0], zs[1])]
-  fig = Figure(figsize=(4.2 * max(1, len(parts)), 5.6))
-  axes = fig.subplots(2, max(1, len(parts)), squeeze=False, sharex=True)
+  if "linear probe" in keys:
+    panels.append(("linear probe", keys["linear probe"]))
+  fig = Figure(figsize=(4.2 * max(1, len(parts)), 2.8 * len(panels)))
+  axes = fig.subplots(len(panels), max(1, len(parts)), squeeze=False,
+                      sharex=True)
   for col, (noise, part) in enumerate(parts.items()):
+    values = sorted({x(s) for s in part})
     for row, (label, key) in enumerate(panels):
       ax = axes[row][col]
       for m in sorted({s.method for s in part if s.method.name != "clip"},
                       key=_order):
         xs, ys, es = [], [], []
-        for epochs in sorted({s.epochs for s in part}):
-          here = {s.method: r for s, r in part.items() if s.epochs == epochs}
+        for value in values:
+          here = {s.method: r for s, r in part.items() if x(s) == value}
           gap = rr.mean_std(mr._paired(here.get(m, []),
                                        here.get(mr.Method("clip", None), []),
                                        key, 0)) if key else None
           if gap:
-            xs.append(epochs)
+            xs.append(value)
             ys.append(100 * gap[0])
             es.append(100 * gap[1])
         if xs:
@@ -275,15 +305,14 @@ def length_figure(results, g: dict):
                       label=f"`{m.schedule}`")
       ax.axhline(0, color="k", lw=0.8)
       ax.set_xscale("log")
-      lengths = sorted({s.epochs for s in part})
-      ax.set_xticks(lengths, [f"{e:g}" for e in lengths])
+      ax.set_xticks(values, [f"{v:g}" for v in values])
       ax.xaxis.set_minor_locator(ticker.NullLocator())
       ax.set_title(f"{label} − CLIP, noise {noise:g}", fontsize="medium")
       ax.grid(alpha=0.3)
       if col == 0:
         ax.set_ylabel("paired gap (points)")
-      if row == 1:
-        ax.set_xlabel("epochs")
+      if row == len(panels) - 1:
+        ax.set_xlabel(xlabel)
   axes[0][0].legend(fontsize="small")
   fig.tight_layout()
   return fig
@@ -295,8 +324,11 @@ def write(results, root: str, schedules=None) -> list[str]:
   paths = [rr._write(root, REPORT, render(results, g=g).encode())]
   if _length_parts(g):
     paths.append(rr._write(root, FIGURE, rr._png(length_figure(results, g))))
+  if _scale_parts(g):
+    paths.append(rr._write(root, SCALE_FIGURE,
+                           rr._png(scale_figure(results, g))))
   return paths
 
 
 if __name__ == "__main__":
-  rr.cli("psd_schedule", REPORT, (FIGURE,))
+  rr.cli("psd_schedule", REPORT, (FIGURE, SCALE_FIGURE))

@@ -137,6 +137,10 @@ def test_report_of_scale_and_many_to_many_runs(tmp_path):
   # Each size: 5 schedules (guarded and by_length share early's run); m2m
   # at 50 epochs: epochs, guarded and by_length share early's.
   assert md.count("|  | − CLIP | paired | +0.0 | +2.0 |") == 5 * 2 + 5
+  assert f"]({pr.SCALE_FIGURE})" in md
+  paths = pr.write(report.collect(runs), root)
+  assert [os.path.basename(p) for p in paths] == [pr.REPORT, pr.SCALE_FIGURE]
+  assert open(paths[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_without_finished_runs_says_pending(tmp_path):
