@@ -46,17 +46,17 @@ def _per_epoch(result) -> int | None:
     return None
 
 
-def methods_of(result, per_epoch: int, swept: set[str]) -> list[mr.Method]:
+def methods_of(result, per_epoch: int, swept) -> list[mr.Method]:
   """The run's own method, then every other schedule of the sweep
-  (``swept``) that trains the same run at its length (the sweep trains such
-  a run once)."""
+  (``swept``: its ``sweep.methods(...)[1:]`` pairs) that trains the same run
+  at its length (the sweep trains such a run once)."""
   from studies.psd_schedule import sweep
   o = result.run.overrides
   own = mr.method_of(o)
   out = [own]
   if own.name == "bank":
     what = sweep.effective(o, result.run.steps, per_epoch)
-    for name, method in sweep.methods(sorted(swept))[1:]:
+    for name, method in swept:
       if name != own.schedule and sweep.effective(
           method, result.run.steps, per_epoch) == what:
         out.append(mr.Method("bank", name))
@@ -68,8 +68,9 @@ def settings(results, schedules=None) -> dict[Setting, list]:
   a shared one); ``schedules``: the PSD schedules the sweep ran (default
   all), the only ones a shared run is counted for."""
   from configs import common
+  from studies.psd_schedule import sweep
   by_seed: dict[Setting, dict] = {}
-  swept = set(schedules or common.PSD_SCHEDULES)
+  swept = sweep.methods(sorted(set(schedules or common.PSD_SCHEDULES)))[1:]
   for r in results:
     o = r.run.overrides
     per_epoch = _per_epoch(r)
@@ -237,26 +238,25 @@ def render(results, schedules=None, g=None) -> str:
   return "\n".join(lines)
 
 
-def _length_parts(g: dict) -> dict[float, dict]:
-  """Caption noise -> the length stage's settings at that noise (default
-  data size and noise kinds, at least two lengths)."""
+def _parts(g: dict, keep, x) -> dict[float, dict]:
+  """Caption noise -> the settings ``keep`` selects at that noise, where
+  they span at least two values of ``x`` (a curve needs two points)."""
   parts = {}
   for s, runs in g.items():
-    if s.num_train is None and not s.kinds and runs:
+    if keep(s) and runs:
       parts.setdefault(s.noise, {})[s] = runs
-  return {n: p for n, p in sorted(parts.items())
-          if len({s.epochs for s in p}) >= 2}
+  return {n: p for n, p in sorted(parts.items()) if len({x(s) for s in p}) >= 2}
+
+
+def _length_parts(g: dict) -> dict[float, dict]:
+  """The length stage: default data size and noise kinds, by epochs."""
+  return _parts(g, lambda s: s.num_train is None and not s.kinds,
+                lambda s: s.epochs)
 
 
 def _scale_parts(g: dict) -> dict[float, dict]:
-  """Caption noise -> the scale stage's settings at that noise (at least two
-  data sizes)."""
-  parts = {}
-  for s, runs in g.items():
-    if s.num_train is not None and runs:
-      parts.setdefault(s.noise, {})[s] = runs
-  return {n: p for n, p in sorted(parts.items())
-          if len({s.num_train for s in p}) >= 2}
+  """The scale stage: settings with a data size, by data size."""
+  return _parts(g, lambda s: s.num_train is not None, lambda s: s.num_train)
 
 
 def length_figure(results, g: dict):
@@ -276,8 +276,9 @@ def gap_figure(results, parts: dict, x, xlabel: str):
   caption noise (``parts``: noise -> settings -> runs)."""
   from matplotlib import ticker
   from matplotlib.figure import Figure
-  keys = dict(mr.clean_keys(results))
-  zs = (mr.clean_keys(results) or [(None, None)])[0]
+  clean = mr.clean_keys(results)
+  keys = dict(clean)
+  zs = (clean or [(None, None)])[0]
   panels = [("held-out top-1", mr.HELDOUT), (zs[0], zs[1])]
   if "linear probe" in keys:
     panels.append(("linear probe", keys["linear probe"]))
